@@ -1,0 +1,251 @@
+"""Build MONAI datasets for any supported source with one call.
+
+``make_dataset(dataset_dir, split)`` picks the loader from what ``dataset_dir`` is
+(see :func:`~medvae_monai.data.sources.source_kind`), applies the deterministic split, and
+wraps the items in a MONAI ``CacheDataset`` with a radiology preprocessing chain. With no
+``dataset_dir`` it generates the embedded phantom dataset and logs that it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from monai.data import CacheDataset, Dataset
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Lambdad,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+)
+
+from ..errors import InputError
+from ..transforms import CheckImaged, CTWindowd, LoadImageCheckedd
+from .phantoms import PHANTOM_CLASSES, phantom_items
+from .sources import PICTURE_SUFFIXES, class_folder_items, datalist_items, medmnist_items, source_kind
+from .splits import split_items
+
+__all__ = [
+    "INTENSITY_MODES",
+    "CheckedCacheDataset",
+    "DatasetInfo",
+    "list_items",
+    "make_dataset",
+    "preprocessing",
+    "preprocessing_for",
+]
+
+logger = logging.getLogger("medvae_monai")
+
+INTENSITY_MODES = ("auto", "uint8", "ct", "percentile", "none")
+
+# embedded default: enough phantoms for a meaningful first training run in about a minute
+PHANTOM_COUNT = {2: 720, 3: 120}
+PHANTOM_SIZE = {2: 64, 3: 32}
+
+
+class DatasetInfo(dict):
+    """What :func:`list_items` found: ``kind``, ``class_names``, ``dataset_dir``, ``has_masks``."""
+
+
+def list_items(
+    dataset_dir: str | os.PathLike | None,
+    split: str = "train",
+    spatial_dims: int = 2,
+    seed: int = 0,
+    skip_unreadable: bool = False,
+    max_items: int | None = None,
+) -> tuple[list[dict], DatasetInfo]:
+    """Items of ``split`` from ``dataset_dir`` and a description of the source.
+
+    Args:
+        dataset_dir: class-folder tree, MedMNIST ``.npz``, datalist ``.json`` / MSD folder, or
+            ``None`` for the embedded phantoms.
+        split: ``train``, ``val``, ``test``, ``trainval`` or ``all``. MedMNIST uses its official
+            splits; everything else uses :func:`~medvae_monai.data.splits.split_items`.
+        spatial_dims: 2 or 3, for the phantoms.
+        seed: phantom seed.
+        skip_unreadable: skip non-image files in class folders with a warning.
+        max_items: keep an evenly spaced subset of at most this many items (quick runs).
+    """
+    items, info = _list_all(dataset_dir, split, spatial_dims, seed, skip_unreadable)
+    if max_items is not None and 0 < max_items < len(items):
+        step = len(items) / max_items
+        items = [items[int(i * step)] for i in range(max_items)]
+    return items, info
+
+
+def _list_all(
+    dataset_dir: str | os.PathLike | None, split: str, spatial_dims: int, seed: int, skip_unreadable: bool
+) -> tuple[list[dict], DatasetInfo]:
+    kind = source_kind(dataset_dir)
+    info = DatasetInfo(kind=kind, dataset_dir=None if kind == "phantom" else str(dataset_dir), class_names=[])
+    if kind == "phantom":
+        n = PHANTOM_COUNT[spatial_dims]
+        logger.warning(
+            "No dataset_dir given: using the embedded phantom dataset (%d %dD CT phantoms of %d voxels per side, "
+            "seed %d). Pass --dataset_dir to use real images.",
+            n, spatial_dims, PHANTOM_SIZE[spatial_dims], seed,
+        )
+        items = phantom_items(n, PHANTOM_SIZE[spatial_dims], spatial_dims, seed)
+        info["class_names"] = list(PHANTOM_CLASSES)
+    elif kind == "medmnist":
+        if split in ("train", "val", "test"):
+            items, info["class_names"] = medmnist_items(dataset_dir, split)
+            info["has_masks"] = False
+            return items, info
+        parts = ("train", "val") if split == "trainval" else ("train", "val", "test")
+        items = []
+        for s in parts:
+            part, info["class_names"] = medmnist_items(dataset_dir, s)
+            items += part
+        info["has_masks"] = False
+        return items, info
+    elif kind == "datalist":
+        items = datalist_items(dataset_dir)
+    else:
+        items, info["class_names"] = class_folder_items(dataset_dir, skip_unreadable=skip_unreadable)
+    items = split_items(items, split)
+    if not items:
+        raise InputError(f"{dataset_dir or 'phantoms'}: split {split!r} is empty; use more images or another split.")
+    info["has_masks"] = all("mask" in it for it in items)
+    return items, info
+
+
+def _is_picture(items: Sequence[dict]) -> bool:
+    first = items[0]["image"]
+    return isinstance(first, str) and first.lower().endswith(PICTURE_SUFFIXES)
+
+
+def preprocessing(
+    kind: str,
+    items: Sequence[dict],
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    spatial_size: Sequence[int] | None = None,
+    intensity: str = "auto",
+    ct_window: str | Sequence[float] = "full",
+    with_mask: bool = False,
+    min_size: int = 4,
+) -> Compose:
+    """The preprocessing chain for items from :func:`list_items`: ``image`` in [0, 1], ``(C, *S)``.
+
+    Args:
+        kind: source kind from :func:`list_items`.
+        items: the items (used to tell pictures from volumes).
+        spatial_dims: 2 or 3.
+        in_channels: channels the model takes; other counts are refused with a clear error.
+        spatial_size: resize pictures / pad-or-crop volumes to this size, so batches stack.
+        intensity: ``auto`` (uint8 for pictures and MedMNIST, CT window for phantoms,
+            0.5–99.5 percentiles for volumes), ``uint8``, ``ct``, ``percentile`` or ``none``.
+        ct_window: window preset or ``(level, width)`` for ``ct``.
+        with_mask: also load and resample ``mask`` (nearest neighbour).
+        min_size: smallest accepted input size (the VAE's downsampling factor).
+    """
+    if intensity not in INTENSITY_MODES:
+        raise InputError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}.")
+    keys = ["image", "mask"] if with_mask else ["image"]
+    xs: list = []
+    if kind in ("folder", "datalist"):
+        xs += [LoadImageCheckedd(keys, image_only=True, ensure_channel_first=True)]
+    else:
+        xs += [EnsureChannelFirstd(keys, channel_dim=0)]
+    if intensity == "auto":
+        intensity = {"phantom": "ct", "medmnist": "uint8"}.get(kind) or ("uint8" if _is_picture(items) else "percentile")
+    xs.append(CheckImaged("image", channels=in_channels, spatial_dims=spatial_dims, min_size=min_size))
+    if intensity == "uint8":
+        xs.append(ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
+    elif intensity == "ct":
+        xs.append(CTWindowd("image", window=ct_window if isinstance(ct_window, str) else tuple(ct_window)))
+    elif intensity == "percentile":
+        xs.append(ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True))
+    if spatial_size is not None:
+        size = [int(s) for s in spatial_size]
+        if kind in ("folder", "medmnist") and spatial_dims == 2:
+            xs.append(Resized("image", spatial_size=size, mode="area"))
+            if with_mask:
+                xs.append(Resized("mask", spatial_size=size, mode="nearest"))
+        else:
+            xs.append(ResizeWithPadOrCropd(keys, spatial_size=size))
+    xs.append(EnsureTyped("image", dtype="float32", track_meta=True))
+    if with_mask:
+        xs.append(Lambdad("mask", lambda m: (m > 0).to(m.dtype)))
+    return Compose(xs, log_stats=False)
+
+
+class CheckedCacheDataset(CacheDataset):
+    """``CacheDataset`` that loads and checks every item up front and, when one fails, raises the
+    package's :class:`~medvae_monai.errors.InputError` alone instead of MONAI's wrapped
+    ``RuntimeError("applying transform ...")`` chain, so the message names the bad file.
+    """
+
+    def __init__(self, data: Sequence[dict], transform, **kwargs) -> None:
+        kwargs.setdefault("progress", False)
+        kwargs.setdefault("copy_cache", False)
+        try:
+            super().__init__(data, transform, **kwargs)
+        except RuntimeError as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, InputError):
+                cause = cause.__cause__
+            if cause is not None:
+                raise cause from None
+            raise
+
+
+def preprocessing_for(
+    dataset_dir: str | os.PathLike | None,
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    spatial_size: Sequence[int] | None = None,
+    intensity: str = "auto",
+    ct_window: str | Sequence[float] = "full",
+    with_mask: bool = False,
+    min_size: int = 4,
+) -> Compose:
+    """:func:`preprocessing` for the source that ``dataset_dir`` names (used by the bundle configs)."""
+    kind = source_kind(dataset_dir)
+    items = [] if kind in ("phantom", "medmnist") else list_items(dataset_dir, "all", spatial_dims, max_items=1)[0]
+    return preprocessing(kind, items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size)
+
+
+def make_dataset(
+    dataset_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    spatial_size: Sequence[int] | None = None,
+    intensity: str = "auto",
+    ct_window: str | Sequence[float] = "full",
+    with_mask: bool = False,
+    cache: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    min_size: int = 4,
+    skip_unreadable: bool = False,
+    max_items: int | None = None,
+) -> Dataset:
+    """A ready MONAI dataset of ``split`` from ``dataset_dir`` (see :func:`list_items`).
+
+    Items come out as ``{"image": MetaTensor (C, *S) in [0, 1], "label"?, "mask"?, "source", ...}``.
+    With ``cache`` (the default) every item is loaded and checked up front, so a bad file fails
+    here, with its name, rather than mid-epoch. The dataset's ``info`` attribute holds the
+    :class:`DatasetInfo`.
+    """
+    items, info = list_items(dataset_dir, split, spatial_dims, seed, skip_unreadable, max_items)
+    if with_mask and not info["has_masks"]:
+        raise InputError(
+            f"{dataset_dir}: masks were requested but not every image has one (BUSI layout: '<name>_mask.png' "
+            "beside '<name>.png'; datalists: a 'label' path per entry)."
+        )
+    xform = preprocessing(
+        info["kind"], items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size
+    )
+    ds = CheckedCacheDataset(items, xform, num_workers=num_workers or None) if cache else Dataset(items, xform)
+    ds.info = info
+    return ds

@@ -1,0 +1,99 @@
+"""Evidence lower bound (ELBO) for a VAE with a diagonal Gaussian posterior and N(0, I) prior."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ELBOLoss", "gaussian_kl", "KLWarmup"]
+
+_RECONSTRUCTION = ("l1", "l2", "bce")
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Closed-form ``KL(N(mu, sigma^2) || N(0, 1))`` for every latent element.
+
+    Args:
+        mu: posterior means, any shape.
+        sigma: posterior standard deviations (> 0), the shape of ``mu``.
+
+    Returns:
+        Elementwise KL in nats, the shape of ``mu``.
+    """
+    var = sigma.square()
+    return 0.5 * (mu.square() + var - 1.0 - torch.log(var.clamp_min(1e-30)))
+
+
+class KLWarmup:
+    """Linear warm-up of the KL weight: ``beta(step) = beta * min(1, step / warmup_steps)``.
+
+    Args:
+        beta: final KL weight.
+        warmup_steps: iterations to reach ``beta``; 0 means no warm-up.
+    """
+
+    def __init__(self, beta: float, warmup_steps: int = 0) -> None:
+        if beta < 0 or warmup_steps < 0:
+            raise ValueError(f"KLWarmup: beta and warmup_steps must be >= 0, got {beta}, {warmup_steps}.")
+        self.beta = float(beta)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, max(step, 0) / self.warmup_steps)
+
+
+class ELBOLoss(nn.Module):
+    """Negative ELBO: ``reconstruction + beta * KL``.
+
+    Both terms are means, the reconstruction over image elements and the KL over latent elements,
+    so ``beta`` is a per-element trade-off that does not change with image size. The free-bits
+    floor (Kingma et al., 2016) applies per latent channel, to the batch- and position-averaged KL:
+    channels whose KL is below ``free_bits`` nats are not pushed further towards the prior, which
+    prevents posterior collapse.
+
+    Args:
+        reconstruction: ``"l1"``, ``"l2"`` or ``"bce"`` (``bce`` expects targets in [0, 1] and
+            treats the decoder output as logits).
+        beta: KL weight; :class:`~medvae_monai.handlers.KLWarmupHandler` updates it during training.
+        free_bits: per-channel KL floor in nats; 0 disables it.
+
+    Shapes:
+        ``recon``/``target``: ``(B, C, *S)``; ``mu``/``sigma``: ``(B, Cz, *L)``.
+    """
+
+    def __init__(self, reconstruction: str = "l1", beta: float = 1e-4, free_bits: float = 0.0) -> None:
+        super().__init__()
+        if reconstruction not in _RECONSTRUCTION:
+            raise ValueError(f"ELBOLoss: reconstruction must be one of {_RECONSTRUCTION}, got {reconstruction!r}.")
+        if beta < 0 or free_bits < 0:
+            raise ValueError("ELBOLoss: beta and free_bits must be >= 0.")
+        self.reconstruction = reconstruction
+        self.beta = float(beta)
+        self.free_bits = float(free_bits)
+
+    def reconstruction_loss(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.reconstruction == "l1":
+            return F.l1_loss(recon, target)
+        if self.reconstruction == "l2":
+            return F.mse_loss(recon, target)
+        return F.binary_cross_entropy_with_logits(recon, target)
+
+    def kl_loss(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        kl = gaussian_kl(mu, sigma)
+        if self.free_bits > 0:
+            per_channel = kl.transpose(0, 1).flatten(1).mean(1)  # (Cz,)
+            return per_channel.clamp_min(self.free_bits).mean()
+        return kl.mean()
+
+    def forward(
+        self, recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Return ``{"loss", "recon_loss", "kl"}``; ``kl`` is the (floored) mean KL before ``beta``."""
+        if recon.shape != target.shape:
+            raise ValueError(f"ELBOLoss: reconstruction {tuple(recon.shape)} and target {tuple(target.shape)} differ.")
+        rec = self.reconstruction_loss(recon, target)
+        kl = self.kl_loss(mu, sigma)
+        return {"loss": rec + self.beta * kl, "recon_loss": rec, "kl": kl}

@@ -1,0 +1,232 @@
+"""A lean KL-regularised VAE with a spatial latent, for 2D images and 3D volumes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import SABlock
+from monai.networks.layers import Conv
+from monai.networks.utils import pixelshuffle, pixelunshuffle
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MedVAE", "ResBlock", "LatentAttention"]
+
+# log-variance is clamped so that sigma stays in a numerically safe range
+_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0
+
+
+class ResBlock(nn.Module):
+    """Normalisation-free residual block: ``x + gain * conv(act(conv(act(x))))``.
+
+    The gain starts at zero (SkipInit), which keeps the block an identity at initialisation and
+    trains stably without GroupNorm, whose extra passes are costly on CPUs.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: input and output channels.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv1 = conv(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = conv(channels, channels, kernel_size=3, padding=1)
+        self.gain = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(x))
+        h = self.conv2(F.silu(h))
+        return x + self.gain * h
+
+
+class LatentAttention(nn.Module):
+    """Global self-attention over the bottleneck positions (MONAI ``SABlock``), with a residual."""
+
+    def __init__(self, channels: int, num_heads: int = 1) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(1, channels)
+        self.attn = SABlock(hidden_size=channels, num_heads=num_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        out = self.attn(tokens).transpose(1, 2).reshape(x.shape)
+        return x + out
+
+
+class MedVAE(nn.Module):
+    """KL-regularised variational autoencoder with a spatial latent.
+
+    The encoder folds each 2x2(x2) patch into channels (pixel unshuffle) before its first
+    convolution, works at ``1/2`` resolution and below, and halves the resolution once per further
+    level. The decoder mirrors it with sub-pixel (pixel shuffle) upsampling. Compared with MONAI's
+    ``AutoencoderKL`` this drops GroupNorm and full-resolution convolutions, which dominate CPU time,
+    and puts more of the capacity in the decoder, where reconstruction quality is decided.
+
+    Inputs whose spatial size is not a multiple of ``downsample_factor`` are zero-padded at the end
+    of each spatial axis before encoding, and :meth:`forward` crops the reconstruction back, so
+    any size of at least ``downsample_factor`` works. :meth:`decode` returns the padded size unless
+    ``spatial_size`` is given.
+
+    Args:
+        spatial_dims: 2 for images, 3 for volumes.
+        in_channels: image channels (1 for greyscale, 3 for RGB). The output has the same number.
+        latent_channels: channels of the latent ``z``.
+        channels: feature channels per encoder level, from the finest level down. The number of
+            levels sets the downsampling factor: ``downsample_factor == 2 ** len(channels)``.
+        downsample_factor: 4 or 8 (any power of two >= 2 is accepted). Checked against
+            ``channels``.
+        num_res_blocks: residual blocks per encoder level.
+        decoder_res_blocks: residual blocks per decoder level; defaults to ``num_res_blocks + 1``.
+        attention: add a global self-attention block at the bottleneck of encoder and decoder.
+
+    Shapes:
+        ``x``: ``(B, in_channels, *S)``; ``mu``/``sigma``/``z``: ``(B, latent_channels, *ceil(S / f))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        latent_channels: int = 1,
+        channels: Sequence[int] = (32, 64),
+        downsample_factor: int = 4,
+        num_res_blocks: int = 1,
+        decoder_res_blocks: int | None = None,
+        attention: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"MedVAE: spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if in_channels < 1 or latent_channels < 1:
+            raise ValueError("MedVAE: in_channels and latent_channels must be positive.")
+        levels = int(round(math.log2(downsample_factor))) if downsample_factor > 1 else 0
+        if downsample_factor < 2 or 2**levels != downsample_factor:
+            raise ValueError(f"MedVAE: downsample_factor must be a power of two >= 2, got {downsample_factor}.")
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != levels:
+            raise ValueError(
+                f"MedVAE: downsample_factor={downsample_factor} needs {levels} entries in `channels` "
+                f"(one per level), got {len(channels)}: {channels}. Add or remove levels to match."
+            )
+        self.hparams = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "latent_channels": latent_channels,
+            "channels": tuple(channels),
+            "downsample_factor": downsample_factor,
+            "num_res_blocks": num_res_blocks,
+            "decoder_res_blocks": decoder_res_blocks,
+            "attention": attention,
+        }
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.latent_channels = latent_channels
+        self.downsample_factor = downsample_factor
+        conv = Conv[Conv.CONV, spatial_dims]
+        fold = 2**spatial_dims  # channels gained by one pixel (un)shuffle step
+        decoder_res_blocks = num_res_blocks + 1 if decoder_res_blocks is None else decoder_res_blocks
+
+        enc: list[nn.Module] = [conv(in_channels * fold, channels[0], kernel_size=3, padding=1)]
+        for i, ch in enumerate(channels):
+            enc += [ResBlock(spatial_dims, ch) for _ in range(num_res_blocks)]
+            if i + 1 < len(channels):
+                enc.append(conv(ch, channels[i + 1], kernel_size=3, stride=2, padding=1))
+        if attention:
+            enc.append(LatentAttention(channels[-1]))
+        self.encoder = nn.Sequential(*enc)
+        self.to_moments = conv(channels[-1], 2 * latent_channels, kernel_size=3, padding=1)
+
+        self.from_latent = conv(latent_channels, channels[-1], kernel_size=3, padding=1)
+        self.attention = LatentAttention(channels[-1]) if attention else nn.Identity()
+        self.up_blocks = nn.ModuleList()
+        self.up_convs = nn.ModuleList()
+        for i in reversed(range(len(channels))):
+            self.up_blocks.append(nn.Sequential(*[ResBlock(spatial_dims, channels[i]) for _ in range(decoder_res_blocks)]))
+            out_ch = channels[i - 1] if i > 0 else in_channels
+            self.up_convs.append(conv(channels[i], out_ch * fold, kernel_size=3, padding=1))
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.downsample_factor
+        pads: list[int] = []
+        for size in reversed(x.shape[2:]):
+            pads += [0, (-size) % f]
+        return F.pad(x, pads) if any(pads) else x
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"MedVAE expects a {self.spatial_dims + 2}D tensor (B, C, {'H, W' if self.spatial_dims == 2 else 'H, W, D'}),"
+                f" got shape {tuple(x.shape)}. Add the batch/channel dimensions or use spatial_dims={x.ndim - 2}."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"MedVAE expects {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)}). "
+                "Convert the image (e.g. RGB to greyscale) or build the model with the matching in_channels."
+            )
+        if min(x.shape[2:]) < self.downsample_factor:
+            raise ValueError(
+                f"MedVAE: every spatial size must be at least the downsampling factor {self.downsample_factor}, "
+                f"got {tuple(x.shape[2:])}. Pad or resample the input."
+            )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the posterior ``(mu, sigma)``, each ``(B, latent_channels, *ceil(S / f))``."""
+        self._check_input(x)
+        h = pixelunshuffle(self._pad(x), self.spatial_dims, 2)
+        mu, logvar = self.to_moments(self.encoder(h)).chunk(2, dim=1)
+        sigma = torch.exp(0.5 * logvar.clamp(_LOGVAR_MIN, _LOGVAR_MAX))
+        return mu, sigma
+
+    @staticmethod
+    def sample(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Reparameterised sample ``z = mu + sigma * eps`` with ``eps ~ N(0, I)``."""
+        return mu + sigma * torch.randn_like(sigma)
+
+    def decode(self, z: torch.Tensor, spatial_size: Sequence[int] | None = None) -> torch.Tensor:
+        """Decode ``z`` of shape ``(B, latent_channels, *L)`` to ``(B, in_channels, *(L * f))``.
+
+        Args:
+            z: latent tensor.
+            spatial_size: optional original image size; the output is cropped to it.
+        """
+        if z.ndim != self.spatial_dims + 2 or z.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"MedVAE.decode expects (B, {self.latent_channels}, *spatial) with {self.spatial_dims} spatial dims, "
+                f"got {tuple(z.shape)}."
+            )
+        h = self.attention(self.from_latent(z))
+        for i, (blocks, up) in enumerate(zip(self.up_blocks, self.up_convs)):
+            h = blocks(h)
+            if i + 1 < len(self.up_convs):
+                h = F.silu(h)
+            h = pixelshuffle(up(h), self.spatial_dims, 2)
+        if spatial_size is not None:
+            h = h[(slice(None), slice(None)) + tuple(slice(0, int(s)) for s in spatial_size)]
+        return h
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(reconstruction, mu, sigma)``; the reconstruction has the input's shape."""
+        mu, sigma = self.encode(x)
+        z = self.sample(mu, sigma) if self.training else mu
+        return self.decode(z, spatial_size=x.shape[2:]), mu, sigma
+
+    @classmethod
+    def from_vae(cls, vae: MedVAE) -> MedVAE:
+        """A ``cls`` (e.g. an export variant) with ``vae``'s architecture and a copy of its weights."""
+        net = cls(**vae.hparams)
+        net.load_state_dict(vae.state_dict())
+        return net.to(next(vae.parameters()).device)
+
+    @property
+    def compression(self) -> float:
+        """Input elements per latent element, e.g. 16 for 64x64x1 -> 16x16x1."""
+        return self.in_channels * self.downsample_factor**self.spatial_dims / self.latent_channels
+
+    def latent_shape(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """Latent shape ``(latent_channels, *ceil(S / f))`` for an image of ``spatial_size``."""
+        f = self.downsample_factor
+        return (self.latent_channels, *(-(-int(s) // f) for s in spatial_size))

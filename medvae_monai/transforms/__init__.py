@@ -1,0 +1,19 @@
+from .checks import CheckImaged
+from .io import LoadImageCheckedd
+from .intensity import CT_WINDOWS, CTWindow, CTWindowd, window_bounds
+from .latent import DecodeLatentd, EncodeLatentd, LatentGeometryd, attach_latent_geometry, image_affine, latent_affine
+
+__all__ = [
+    "CT_WINDOWS",
+    "CTWindow",
+    "CTWindowd",
+    "CheckImaged",
+    "DecodeLatentd",
+    "EncodeLatentd",
+    "LatentGeometryd",
+    "LoadImageCheckedd",
+    "attach_latent_geometry",
+    "image_affine",
+    "latent_affine",
+    "window_bounds",
+]

@@ -1,0 +1,103 @@
+"""Atomic file writes and safe checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "ensure_writable_dir", "load_state_dict", "load_weights"]
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check it can be written, or raise :class:`InputError`."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"output folder {str(p)!r} is not writable ({e.strerror}); choose another --output_dir.") from None
+    return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write ``path`` through ``write(file_object)`` into a temporary file, then rename it in place.
+
+    A reader sees either the old file or the complete new one, never a partial file, even if
+    the process is killed mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), mode="w")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Atomically ``torch.save`` (tensors and plain containers only, so ``weights_only`` loads it)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``; never unpickles arbitrary objects.
+
+    Raises:
+        InputError: the file is missing, corrupt, or holds pickled objects rather than tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"checkpoint {str(p)!r} does not exist; pass an existing file with --ckpt_path.")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise InputError(
+                f"{p}: refused, it holds pickled Python objects, not just tensors, and loading it could run code "
+                "(torch.load weights_only=True). Re-save it as a state dict: torch.save(model.state_dict(), path)."
+            ) from None
+        raise InputError(f"{p}: cannot be read as a PyTorch checkpoint ({first[:200]}); it is corrupt or truncated.") from None
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a state dict from ``path`` into ``network`` (safely, see :func:`load_state_dict`).
+
+    Raises:
+        InputError: the checkpoint does not fit the network's architecture, with the first
+            mismatching keys or shapes.
+    """
+    state = load_state_dict(path, map_location)
+    if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
+        state = state["network"]  # a full training checkpoint (last.pt)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise InputError(
+            f"{path}: the checkpoint does not fit this {type(network).__name__} ({detail[:400]}). It was trained with "
+            "another architecture: use the config it was trained with (spatial_dims, in_channels, channels, ...) or "
+            "another --ckpt_path."
+        ) from None
+    return network
