@@ -1,0 +1,42 @@
+"""Shared test fixtures: where the real data lives, and how to run a bundle config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# real data: ../shared/data beside the checkout (as in CI), or MEDVAE_DATA
+DATA = Path(os.environ.get("MEDVAE_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_path(*parts: str) -> Path:
+    """Path under the shared data folder; skips the test (with the reason) when it is absent."""
+    p = DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not found at {p} (set MEDVAE_DATA or place ../shared/data beside the repo)")
+    return p
+
+
+def run_bundle(run_id: str, config: str | list[str], *overrides: str, timeout: int = 600, check: bool = True):
+    """Run ``python -m monai.bundle run RUN_ID --config_file ...`` from the repo root in a subprocess.
+
+    Returns the ``CompletedProcess`` (stdout and stderr merged into ``stdout``).
+    """
+    configs = [config] if isinstance(config, str) else config
+    files = configs[0] if len(configs) == 1 else repr(configs)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files, *overrides]
+    env = {**os.environ, "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
