@@ -8,6 +8,7 @@ import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import PrepareBatch
 from monai.utils import CommonKeys as Keys
+from torch.nn.parallel import DistributedDataParallel
 
 from ..losses import AdversarialTerm, ELBOLoss
 
@@ -93,8 +94,12 @@ class VAETrainer(SupervisedTrainer):
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
         engine.network.train()
         vae = engine.network  # any MedVAE, including its single-output export variants
-        mu, sigma = vae.encode(x)
-        recon = vae.decode(vae.sample(mu, sigma), spatial_size=x.shape[2:])
+        if isinstance(vae, DistributedDataParallel):
+            # DDP syncs gradients only through its forward: it wraps a VAETrainingForward
+            recon, mu, sigma = vae(x)
+        else:
+            mu, sigma = vae.encode(x)
+            recon = vae.decode(vae.sample(mu, sigma), spatial_size=list(x.shape[2:]))
         terms = engine.loss_function(recon, x, mu, sigma)
         loss = terms["loss"]
         out: dict = {Keys.IMAGE: x, Keys.PRED: recon.detach()}
