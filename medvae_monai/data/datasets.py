@@ -132,6 +132,7 @@ def preprocessing(
     ct_window: str | Sequence[float] = "full",
     with_mask: bool = False,
     min_size: int = 4,
+    binary_mask: bool = True,
 ) -> Compose:
     """The preprocessing chain for items from :func:`list_items`: ``image`` in [0, 1], ``(C, *S)``.
 
@@ -146,6 +147,8 @@ def preprocessing(
         ct_window: window preset or ``(level, width)`` for ``ct``.
         with_mask: also load and resample ``mask`` (nearest neighbour).
         min_size: smallest accepted input size (the VAE's downsampling factor).
+        binary_mask: map every label above 0 to 1; False keeps label values (e.g. MSD
+            Hippocampus 1 anterior / 2 posterior).
     """
     if intensity not in INTENSITY_MODES:
         raise InputError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}.")
@@ -173,7 +176,7 @@ def preprocessing(
         else:
             xs.append(ResizeWithPadOrCropd(keys, spatial_size=size))
     xs.append(EnsureTyped("image", dtype="float32", track_meta=True))
-    if with_mask:
+    if with_mask and binary_mask:
         xs.append(Lambdad("mask", lambda m: (m > 0).to(m.dtype)))
     return Compose(xs, log_stats=False)
 
@@ -207,11 +210,14 @@ def preprocessing_for(
     ct_window: str | Sequence[float] = "full",
     with_mask: bool = False,
     min_size: int = 4,
+    binary_mask: bool = True,
 ) -> Compose:
     """:func:`preprocessing` for the source that ``dataset_dir`` names (used by the bundle configs)."""
     kind = source_kind(dataset_dir)
     items = [] if kind in ("phantom", "medmnist") else list_items(dataset_dir, "all", spatial_dims, max_items=1)[0]
-    return preprocessing(kind, items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size)
+    return preprocessing(
+        kind, items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size, binary_mask
+    )
 
 
 def make_dataset(

@@ -1,4 +1,23 @@
+from .heads import (
+    CLASSIFICATION_TASKS,
+    LatentClassifier,
+    LatentImageClassifier,
+    LatentImageSegmenter,
+    LatentSegmenter,
+)
 from .vae import LatentAttention, MedVAE, ResBlock
 from .wrappers import VAEDecoder, VAEEncoderMean, VAEReconstruction
 
-__all__ = ["LatentAttention", "MedVAE", "ResBlock", "VAEDecoder", "VAEEncoderMean", "VAEReconstruction"]
+__all__ = [
+    "CLASSIFICATION_TASKS",
+    "LatentClassifier",
+    "LatentImageClassifier",
+    "LatentImageSegmenter",
+    "LatentSegmenter",
+    "LatentAttention",
+    "MedVAE",
+    "ResBlock",
+    "VAEDecoder",
+    "VAEEncoderMean",
+    "VAEReconstruction",
+]

@@ -1,0 +1,307 @@
+"""Training of diagnostic heads on VAE latents, frozen or fine-tuned, and posterior-sampling uncertainty.
+
+Two modes share one trainer, :class:`HeadTrainer`:
+
+- frozen: the VAE is fixed and only the head learns. Batches may carry the posterior moments
+  cached in memory (``mu``/``sigma`` keys, see :func:`cache_latents`), so the encoder runs once
+  per image, not once per epoch.
+- fine-tuned: the encoder learns with the head, optionally keeping an ELBO reconstruction term
+  so that the latent stays a faithful code of the image.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import PrepareBatch
+from monai.losses import DiceCELoss
+from monai.utils import CommonKeys as Keys
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import InputError
+from ..losses import ELBOLoss
+from ..networks.heads import CLASSIFICATION_TASKS, LatentImageClassifier, LatentImageSegmenter
+
+__all__ = [
+    "ClassificationLoss",
+    "HeadTrainer",
+    "ImageTarget",
+    "SegmentationLoss",
+    "cache_latents",
+    "class_weights",
+    "label_counts",
+    "posterior_probabilities",
+    "require_targets",
+]
+
+
+class ImageTarget(PrepareBatch):
+    """``prepare_batch`` returning ``(image, target)`` from chosen keys (``mask`` for segmentation)."""
+
+    def __init__(self, image_key: str = "image", target_key: str = "label") -> None:
+        self.image_key = image_key
+        self.target_key = target_key
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        if self.target_key not in batchdata:
+            raise InputError(
+                f"the batch has no '{self.target_key}' (keys: {sorted(batchdata)}). Use a dataset with labels "
+                "(class folders, a MedMNIST .npz, or a datalist with masks) or set the target key."
+            )
+        x = batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        return x, batchdata[self.target_key].to(device=device, non_blocking=non_blocking, **kwargs)
+
+
+_TARGET_HELP = {
+    "mask": "A segmentation head needs masks: '<name>_mask.png' beside each '<name>.png' (BUSI layout), or a "
+    "datalist whose entries have a 'label' mask path (MSD layout).",
+    "label": "A classifier needs labels: put the images in one sub-folder per class (MedNIST layout), or use a "
+    "MedMNIST .npz or a datalist with an integer 'label' per entry.",
+}
+
+
+def require_targets(items: Sequence[dict], key: str = "label") -> Sequence[dict]:
+    """Return ``items`` if every one has a ``key`` target (``label``, ``labels`` or ``mask``).
+
+    Raises:
+        InputError: naming how many items lack it, the first one, and how to provide it.
+    """
+    missing = [str(it.get("source", it.get("image"))) for it in items if key not in it]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(items)} images have no '{key}', e.g. {missing[0]}. "
+            + _TARGET_HELP.get(key, _TARGET_HELP["label"])
+        )
+    return items
+
+
+def label_counts(
+    items: Sequence[dict],
+    num_classes: int,
+    task: str = "multiclass",
+    class_names: Sequence[str] | None = None,
+    label_key: str | None = None,
+) -> list[int]:
+    """Images per class (per label for ``multilabel``), after checking labels against the config.
+
+    Args:
+        items: training items from :func:`~medvae_monai.data.list_items`.
+        num_classes: classes the head is configured for.
+        task: one of ``binary``, ``multiclass``, ``multilabel``.
+        class_names: the dataset's class names, if it has them (class folders).
+        label_key: item key of the label; ``labels`` for ``multilabel``, else ``label``.
+
+    Raises:
+        InputError: an item has no label, a label is out of range, or the dataset's class count
+            differs from ``num_classes``.
+    """
+    if task not in CLASSIFICATION_TASKS:
+        raise InputError(f"task must be one of {CLASSIFICATION_TASKS}, got {task!r}.")
+    key = label_key or ("labels" if task == "multilabel" else "label")
+    require_targets(items, key)
+    if class_names and len(class_names) != num_classes:
+        raise InputError(
+            f"the dataset has {len(class_names)} classes {list(class_names)} but the config says "
+            f"num_classes={num_classes}; pass --num_classes {len(class_names)}."
+        )
+    if task == "multilabel":
+        rows = torch.as_tensor([list(map(int, it[key])) for it in items])
+        if rows.shape[1] != num_classes:
+            raise InputError(f"the labels have {rows.shape[1]} columns but the config says num_classes={num_classes}.")
+        return rows.sum(0).tolist()
+    counts = Counter(int(it[key]) for it in items)
+    bad = sorted(c for c in counts if not 0 <= c < num_classes)
+    if bad:
+        raise InputError(
+            f"labels {bad} are outside 0..{num_classes - 1}: the dataset has more classes than the config's "
+            f"num_classes={num_classes}; pass --num_classes {max(counts) + 1}."
+        )
+    return [counts.get(c, 0) for c in range(num_classes)]
+
+
+def class_weights(items: Sequence[dict], num_classes: int, task: str = "multiclass", **kwargs) -> torch.Tensor:
+    """Inverse-frequency class weights ``n / (K * n_k)`` for imbalanced data (see :func:`label_counts`).
+
+    For ``multilabel`` it returns the BCE ``pos_weight`` ``n_neg / n_pos`` per label.
+    """
+    counts = torch.as_tensor(label_counts(items, num_classes, task, **kwargs), dtype=torch.float32)
+    if task == "multilabel":
+        return (len(items) - counts) / counts.clamp_min(1)
+    return counts.sum() / (num_classes * counts.clamp_min(1))
+
+
+class ClassificationLoss(nn.Module):
+    """Cross-entropy for binary/multi-class heads, BCE for multi-label, with optional class weights.
+
+    Args:
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        weight: per-class weights (``pos_weight`` for multi-label), e.g. from :func:`class_weights`.
+
+    Shapes:
+        ``logits``: ``(B, K)``; ``target``: ``(B,)`` or ``(B, 1)`` class indices, ``(B, K)`` for multi-label.
+    """
+
+    def __init__(self, task: str = "multiclass", weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.task = task
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=self.weight)
+        return F.cross_entropy(logits, target.reshape(-1).long(), weight=self.weight)
+
+
+class SegmentationLoss(DiceCELoss):
+    """Dice + cross-entropy on logits ``(B, K, *S)`` against a label map ``(B, 1, *S)`` (MONAI ``DiceCELoss``)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("to_onehot_y", True)
+        kwargs.setdefault("softmax", True)
+        super().__init__(**kwargs)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, target.round().long())
+
+
+@torch.no_grad()
+def cache_latents(
+    network: LatentImageClassifier, data: Sequence[dict], batch_size: int = 64, device: str | torch.device = "cpu"
+) -> list[dict]:
+    """Encode every item's ``image`` once and keep the posterior in memory.
+
+    Returns items ``{"mu": (Cz, *L), "sigma": (Cz, *L), **other keys}`` (without the image), for a
+    frozen head trained by :class:`HeadTrainer`.
+    """
+    network.eval()
+    out: list[dict] = []
+    for start in range(0, len(data), batch_size):
+        chunk = data[start : start + batch_size]
+        # plain tensors: MetaTensor bookkeeping would slow every later step on the cached latents
+        x = torch.stack([torch.as_tensor(d["image"]).as_subclass(torch.Tensor) for d in chunk]).float().to(device)
+        mu, sigma = network.vae.encode(x)
+        for d, m, s in zip(chunk, mu.cpu(), sigma.cpu()):
+            out.append({**{k: v for k, v in d.items() if k != "image"}, "mu": m, "sigma": s})
+    return out
+
+
+@torch.no_grad()
+def posterior_probabilities(
+    network: LatentImageClassifier, x: torch.Tensor, num_samples: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictive probability under the posterior: mean and standard deviation over ``z ~ q(z | x)``.
+
+    Args:
+        network: a trained :class:`~medvae_monai.networks.LatentImageClassifier`.
+        x: images ``(B, C, *S)``.
+        num_samples: posterior samples per image.
+
+    Returns:
+        ``(mean, std)``, each ``(B, num_classes)``.
+    """
+    if num_samples < 2:
+        raise InputError(f"num_samples must be at least 2 to measure a spread, got {num_samples}.")
+    network.eval()
+    probs = network.head.probabilities(network.sample_logits(x, num_samples))
+    return probs.mean(0), probs.std(0)
+
+
+class HeadTrainer(SupervisedTrainer):
+    """Trains a :class:`~medvae_monai.networks.LatentImageClassifier` or
+    :class:`~medvae_monai.networks.LatentImageSegmenter`, frozen or fine-tuned.
+
+    The mode is the network's ``freeze_encoder``. A frozen VAE stays in eval mode. A classifier
+    reads a posterior sample ``z ~ q(z | x)`` in training (``sample_latent``), which acts as
+    augmentation and teaches the head the posterior's spread that
+    :func:`posterior_probabilities` measures. Batches with ``mu``/``sigma`` (cached latents, frozen
+    classifiers only) skip the encoder.
+
+    Each iteration's output holds ``pred`` (logits), ``label`` (the target) and the floats
+    ``loss``, ``task_loss`` and, with a reconstruction term, ``recon_loss``.
+
+    Args:
+        device: training device.
+        max_epochs: epochs to run.
+        train_data_loader: yields dicts with ``image`` (or ``mu``/``sigma``) and the target.
+        network: the image-to-prediction network.
+        optimizer: optimiser over the trainable parameters (``network.head`` when frozen).
+        loss_function: :class:`ClassificationLoss` or :class:`SegmentationLoss`.
+        target_key: the target's key: ``label``, ``labels`` (multi-label) or ``mask``.
+        recon_weight: weight of the VAE's negative ELBO (fine-tuning only; 0 disables it).
+        elbo: the ELBO for ``recon_weight``; defaults to L1 with ``beta=1e-4``.
+        sample_latent: train classifiers on posterior samples rather than the mean.
+        kwargs: passed to :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader,
+        network: LatentImageClassifier | LatentImageSegmenter,
+        optimizer: torch.optim.Optimizer,
+        loss_function: nn.Module,
+        target_key: str = "label",
+        recon_weight: float = 0.0,
+        elbo: ELBOLoss | None = None,
+        sample_latent: bool = True,
+        **kwargs,
+    ) -> None:
+        if recon_weight > 0 and network.freeze_encoder:
+            raise InputError("recon_weight > 0 needs a fine-tuned encoder (freeze_encoder=False); a frozen VAE does not change.")
+        kwargs.setdefault("prepare_batch", ImageTarget(target_key=target_key))
+        kwargs.setdefault("decollate", False)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            **kwargs,
+        )
+        self.target_key = target_key
+        self.recon_weight = float(recon_weight)
+        self.elbo = elbo if elbo is not None else ELBOLoss("l1", beta=1e-4)
+        self.sample_latent = sample_latent
+
+    def _iteration(self, engine: HeadTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        net = engine.network
+        net.train()
+        if net.freeze_encoder:
+            net.vae.eval()
+        dev = engine.state.device
+        if "mu" in batchdata:  # cached posterior of a frozen encoder
+            if not (net.freeze_encoder and isinstance(net, LatentImageClassifier)):
+                raise InputError("cached latents (mu/sigma) only train a frozen classifier; pass images to fine-tune.")
+            x, y = None, batchdata[engine.target_key].to(dev)
+            mu, sigma = batchdata["mu"].to(dev), batchdata["sigma"].to(dev)
+        else:
+            x, y = engine.prepare_batch(batchdata, dev, engine.non_blocking, **engine.to_kwargs)
+            x = x.as_tensor() if hasattr(x, "as_tensor") else x
+            y = y.as_tensor() if hasattr(y, "as_tensor") else y
+        if isinstance(net, LatentImageSegmenter):
+            logits, mu, sigma = net.segment(x)
+        else:
+            if x is not None:
+                mu, sigma = net.encode(x)
+            logits = net.head(net.vae.sample(mu, sigma) if engine.sample_latent else mu)
+        task_loss = engine.loss_function(logits, y)
+        loss = task_loss
+        out: dict = {Keys.PRED: logits.detach(), Keys.LABEL: y, "task_loss": task_loss.item()}
+        if engine.recon_weight > 0:
+            recon = net.vae.decode(net.vae.sample(mu, sigma), spatial_size=list(x.shape[2:]))
+            elbo = engine.elbo(recon, x, mu, sigma)
+            loss = loss + engine.recon_weight * elbo["loss"]
+            out["recon_loss"] = elbo["recon_loss"].item()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        loss.backward()
+        engine.optimizer.step()
+        out["loss"] = loss.item()
+        return out

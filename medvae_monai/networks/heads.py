@@ -1,0 +1,251 @@
+"""Diagnostic heads on MedVAE latents: classification on the spatial latent, and segmentation that
+predicts full-resolution masks from the latent, optionally with the encoder's skip features.
+
+A head alone maps latents to predictions. :class:`LatentImageClassifier` and
+:class:`LatentImageSegmenter` join a :class:`~medvae_monai.networks.MedVAE` and a head into one
+image-in network with a deterministic single-tensor ``forward`` (the posterior mean goes to the
+head), which the bundle configs train, evaluate, export and load with ``--ckpt_path``; their
+state dict holds ``vae.*`` and ``head.*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers import Conv
+from monai.networks.utils import pixelshuffle
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import InputError
+from .vae import MedVAE, ResBlock
+
+__all__ = ["CLASSIFICATION_TASKS", "LatentClassifier", "LatentImageClassifier", "LatentImageSegmenter", "LatentSegmenter"]
+
+CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
+
+
+class LatentClassifier(nn.Module):
+    """Classification head on a spatial latent: a small residual CNN, then mean and max pooling.
+
+    ``binary`` is a two-class softmax, so binary and multi-class heads share outputs, losses and
+    metrics (class 1 is the positive class); ``multilabel`` gives one independent sigmoid per
+    label.
+
+    Args:
+        spatial_dims: 2 or 3.
+        latent_channels: channels of the latent.
+        num_classes: classes (``binary``: 2) or labels (``multilabel``).
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        channels: feature channels per level; every level after the first halves the resolution.
+        dropout: dropout before the final linear layer.
+
+    Shapes:
+        ``z``: ``(B, latent_channels, *L)`` -> logits ``(B, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        latent_channels: int,
+        num_classes: int,
+        task: str = "multiclass",
+        channels: Sequence[int] = (64, 128),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if task not in CLASSIFICATION_TASKS:
+            raise InputError(f"LatentClassifier: task must be one of {CLASSIFICATION_TASKS}, got {task!r}.")
+        if task == "binary" and num_classes != 2:
+            raise InputError(f"LatentClassifier: a binary task has num_classes=2 (softmax over 2), got {num_classes}.")
+        if num_classes < 2 and task != "multilabel":
+            raise InputError(f"LatentClassifier: num_classes must be at least 2, got {num_classes}.")
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.spatial_dims = spatial_dims
+        self.latent_channels = latent_channels
+        self.num_classes = num_classes
+        self.task = task
+        layers: list[nn.Module] = [conv(latent_channels, channels[0], kernel_size=3, padding=1)]
+        for i, ch in enumerate(channels):
+            if i > 0:
+                layers.append(conv(channels[i - 1], ch, kernel_size=3, stride=2, padding=1))
+            layers.append(ResBlock(spatial_dims, ch))
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * channels[-1], num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.features(z)).flatten(2)  # (B, C, N)
+        pooled = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+        return self.fc(self.dropout(pooled))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(..., num_classes)`` from logits of that shape: softmax over the last axis,
+        or per-label sigmoid for ``multilabel``."""
+        return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=-1)
+
+
+class LatentSegmenter(nn.Module):
+    """Segmentation head: upsamples a latent ``f``-fold to a full-resolution label map.
+
+    Each stage refines features with a residual block and doubles the resolution with a sub-pixel
+    convolution (pixel shuffle), as the VAE decoder does. With ``skip_channels`` the encoder's
+    features at each resolution (latent size up to half size) are concatenated in, U-Net style,
+    which restores boundary detail the latent alone does not keep.
+
+    Args:
+        spatial_dims: 2 or 3.
+        latent_channels: channels of the latent.
+        num_classes: output channels, background included (e.g. 2 for a binary mask).
+        downsample_factor: the VAE's factor ``f`` (a power of two).
+        channels: feature channels per stage, from the latent's resolution up; one per stage
+            (``log2(f)`` entries).
+        skip_channels: the encoder's feature channels from its finest level down (MedVAE's
+            ``channels``), or ``None`` for no skips.
+
+    Shapes:
+        ``z``: ``(B, latent_channels, *L)``, ``skips[i]``: ``(B, skip_channels[i], *(L * f / 2 ** (i + 1)))``
+        -> logits ``(B, num_classes, *(L * f))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        latent_channels: int,
+        num_classes: int,
+        downsample_factor: int = 4,
+        channels: Sequence[int] = (64, 32),
+        skip_channels: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        levels = max(int(downsample_factor).bit_length() - 1, 0)
+        if downsample_factor < 2 or 2**levels != downsample_factor or len(channels) != levels:
+            raise InputError(
+                f"LatentSegmenter: downsample_factor={downsample_factor} needs a power of two >= 2 and one entry in "
+                f"`channels` per factor-2 stage ({levels}), got {tuple(channels)}."
+            )
+        if skip_channels is not None and len(skip_channels) != levels:
+            raise InputError(
+                f"LatentSegmenter: skip_channels must list the encoder's {levels} level widths (MedVAE `channels`), "
+                f"got {tuple(skip_channels)}."
+            )
+        conv = Conv[Conv.CONV, spatial_dims]
+        fold = 2**spatial_dims
+        self.spatial_dims = spatial_dims
+        self.latent_channels = latent_channels
+        self.num_classes = num_classes
+        self.downsample_factor = downsample_factor
+        self.use_skips = skip_channels is not None
+        # stage k runs at L * 2**k; the encoder level at that resolution is levels - 1 - k
+        skips = list(reversed(skip_channels)) if skip_channels is not None else [0] * levels
+        self.stages = nn.ModuleList()
+        in_ch = latent_channels
+        for k, ch in enumerate(channels):
+            out_ch = channels[k + 1] if k + 1 < levels else channels[-1]
+            self.stages.append(
+                nn.Sequential(
+                    conv(in_ch + skips[k], ch, kernel_size=3, padding=1),
+                    ResBlock(spatial_dims, ch),
+                    nn.SiLU(),
+                    conv(ch, out_ch * fold, kernel_size=3, padding=1),
+                )
+            )
+            in_ch = out_ch
+        self.out = conv(in_ch, num_classes, kernel_size=3, padding=1)
+
+    def forward(self, z: torch.Tensor, skips: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        if self.use_skips and (skips is None or len(skips) != len(self.stages)):
+            raise ValueError(f"LatentSegmenter was built with skips and needs {len(self.stages)} skip features.")
+        h = z
+        for k, stage in enumerate(self.stages):
+            if self.use_skips:
+                h = torch.cat([h, skips[len(self.stages) - 1 - k]], dim=1)
+            h = pixelshuffle(stage(h), self.spatial_dims, 2)
+        return self.out(F.silu(h))
+
+
+class _LatentImageModel(nn.Module):
+    """A VAE and a head as one network. ``freeze_encoder`` stops gradients into the VAE."""
+
+    def __init__(self, vae: MedVAE, head: nn.Module, freeze_encoder: bool = True) -> None:
+        super().__init__()
+        if head.latent_channels != vae.latent_channels:
+            raise InputError(
+                f"{type(self).__name__}: the head takes {head.latent_channels} latent channel(s) but the VAE "
+                f"gives {vae.latent_channels}; build the head with latent_channels={vae.latent_channels}."
+            )
+        self.vae = vae
+        self.head = head
+        self.freeze_encoder = freeze_encoder
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``(mu, sigma)`` of ``x``, without gradients when the encoder is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            return self.vae.encode(x)
+
+
+class LatentImageClassifier(_LatentImageModel):
+    """``x -> head(mu(x))``: image ``(B, C, *S)`` to logits ``(B, num_classes)``.
+
+    Args:
+        vae: the :class:`~medvae_monai.networks.MedVAE` whose posterior mean the head reads.
+        head: a :class:`LatentClassifier`.
+        freeze_encoder: train the head only (True) or fine-tune the encoder with it (False).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x)[0])
+
+    def sample_logits(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Logits for ``num_samples`` posterior samples ``z ~ q(z | x)``: ``(num_samples, B, num_classes)``."""
+        mu, sigma = self.encode(x)
+        return torch.stack([self.head(self.vae.sample(mu, sigma)) for _ in range(num_samples)])
+
+
+class LatentImageSegmenter(_LatentImageModel):
+    """``x -> head(mu(x), encoder features)``: image ``(B, C, *S)`` to logits ``(B, num_classes, *S)``.
+
+    Inputs whose size is not a multiple of the VAE's factor are padded as the VAE pads them, and
+    the logits are cropped back to the input size.
+
+    Args:
+        vae: the :class:`~medvae_monai.networks.MedVAE` to encode with.
+        head: a :class:`LatentSegmenter`; with skips, built with ``skip_channels=vae.hparams["channels"]``.
+        freeze_encoder: train the head only (True) or fine-tune the encoder with it (False).
+    """
+
+    def __init__(self, vae: MedVAE, head: LatentSegmenter, freeze_encoder: bool = True) -> None:
+        super().__init__(vae, head, freeze_encoder)
+        if head.downsample_factor != vae.downsample_factor:
+            raise InputError(
+                f"LatentImageSegmenter: head downsample_factor {head.downsample_factor} differs from the VAE's "
+                f"{vae.downsample_factor}; build the head with the VAE's factor."
+            )
+        # the encoder's stride-2 convolutions see each level's last features as their input
+        self._downsamplers = [m for m in vae.encoder if isinstance(m, nn.modules.conv._ConvNd) and m.stride[0] == 2]
+
+    def encode_with_skips(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """``(mu, sigma, skips)``; ``skips`` are the encoder features from the finest level down."""
+        skips: list[torch.Tensor] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, args: skips.append(args[0])) for m in self._downsamplers]
+        hooks.append(self.vae.encoder.register_forward_hook(lambda _m, _args, out: skips.append(out)))
+        try:
+            mu, sigma = self.encode(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return mu, sigma, skips
+
+    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, mu, sigma)``: the logits cropped to the input size, and the posterior (for a
+        reconstruction term when fine-tuning)."""
+        if self.head.use_skips:
+            mu, sigma, skips = self.encode_with_skips(x)
+        else:
+            (mu, sigma), skips = self.encode(x), None
+        logits = self.head(mu, skips)
+        return logits[(slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])], mu, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segment(x)[0]
