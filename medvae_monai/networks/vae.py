@@ -8,14 +8,32 @@ from collections.abc import Sequence
 import torch
 from monai.networks.blocks import SABlock
 from monai.networks.layers import Conv
-from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MedVAE", "ResBlock", "LatentAttention"]
+__all__ = ["MedVAE", "ResBlock", "LatentAttention", "depth_to_space", "space_to_depth"]
 
-# log-variance is clamped so that sigma stays in a numerically safe range
-_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0
+
+def space_to_depth(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Fold each 2x2(x2) block into channels: ``(B, C, *S) -> (B, C * 2**d, *(S / 2))``.
+
+    A TorchScript-friendly 2D/3D pixel unshuffle (MONAI's generic one is not scriptable).
+    """
+    if spatial_dims == 2:
+        return F.pixel_unshuffle(x, 2)
+    b, c, h, w, d = x.shape
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2, d // 2, 2)
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 8, h // 2, w // 2, d // 2)
+
+
+def depth_to_space(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Inverse of :func:`space_to_depth`: ``(B, C * 2**d, *S) -> (B, C, *(2 * S))``."""
+    if spatial_dims == 2:
+        return F.pixel_shuffle(x, 2)
+    b, c8, h, w, d = x.shape
+    c = c8 // 8
+    x = x.reshape(b, c, 2, 2, 2, h, w, d)
+    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, c, h * 2, w * 2, d * 2)
 
 
 class ResBlock(nn.Module):
@@ -152,9 +170,9 @@ class MedVAE(nn.Module):
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         f = self.downsample_factor
         pads: list[int] = []
-        for size in reversed(x.shape[2:]):
-            pads += [0, (-size) % f]
-        return F.pad(x, pads) if any(pads) else x
+        for i in range(x.ndim - 1, 1, -1):  # F.pad lists the last axis first
+            pads += [0, (f - x.shape[i] % f) % f]
+        return F.pad(x, pads)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
@@ -175,10 +193,11 @@ class MedVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the posterior ``(mu, sigma)``, each ``(B, latent_channels, *ceil(S / f))``."""
-        self._check_input(x)
-        h = pixelunshuffle(self._pad(x), self.spatial_dims, 2)
+        if not torch.jit.is_scripting():  # TorchScript cannot compile the message formatting
+            self._check_input(x)
+        h = space_to_depth(self._pad(x), self.spatial_dims)
         mu, logvar = self.to_moments(self.encoder(h)).chunk(2, dim=1)
-        sigma = torch.exp(0.5 * logvar.clamp(_LOGVAR_MIN, _LOGVAR_MAX))
+        sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # keeps sigma numerically safe
         return mu, sigma
 
     @staticmethod
@@ -186,7 +205,7 @@ class MedVAE(nn.Module):
         """Reparameterised sample ``z = mu + sigma * eps`` with ``eps ~ N(0, I)``."""
         return mu + sigma * torch.randn_like(sigma)
 
-    def decode(self, z: torch.Tensor, spatial_size: Sequence[int] | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, spatial_size: list[int] | None = None) -> torch.Tensor:
         """Decode ``z`` of shape ``(B, latent_channels, *L)`` to ``(B, in_channels, *(L * f))``.
 
         Args:
@@ -195,24 +214,25 @@ class MedVAE(nn.Module):
         """
         if z.ndim != self.spatial_dims + 2 or z.shape[1] != self.latent_channels:
             raise ValueError(
-                f"MedVAE.decode expects (B, {self.latent_channels}, *spatial) with {self.spatial_dims} spatial dims, "
-                f"got {tuple(z.shape)}."
+                "MedVAE.decode expects (B, latent_channels, *spatial) with spatial_dims spatial dims; got a latent "
+                "of another shape (check latent_channels and spatial_dims against the encoder's)."
             )
         h = self.attention(self.from_latent(z))
         for i, (blocks, up) in enumerate(zip(self.up_blocks, self.up_convs)):
             h = blocks(h)
             if i + 1 < len(self.up_convs):
                 h = F.silu(h)
-            h = pixelshuffle(up(h), self.spatial_dims, 2)
+            h = depth_to_space(up(h), self.spatial_dims)
         if spatial_size is not None:
-            h = h[(slice(None), slice(None)) + tuple(slice(0, int(s)) for s in spatial_size)]
+            for axis, size in enumerate(spatial_size):
+                h = h.narrow(axis + 2, 0, int(size))
         return h
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(reconstruction, mu, sigma)``; the reconstruction has the input's shape."""
         mu, sigma = self.encode(x)
         z = self.sample(mu, sigma) if self.training else mu
-        return self.decode(z, spatial_size=x.shape[2:]), mu, sigma
+        return self.decode(z, spatial_size=list(x.shape[2:])), mu, sigma
 
     @classmethod
     def from_vae(cls, vae: MedVAE) -> MedVAE:

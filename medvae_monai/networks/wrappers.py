@@ -20,7 +20,7 @@ class VAEReconstruction(MedVAE):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         mu, _ = self.encode(x)
-        return self.decode(mu, spatial_size=x.shape[2:])
+        return self.decode(mu, spatial_size=list(x.shape[2:]))
 
 
 class VAEEncoderMean(MedVAE):
