@@ -36,8 +36,8 @@ class LatentDataset(Dataset):
         self.indices = [i for i, r in enumerate(self.store.records) if split is None or r.get("split") == split]
         if not self.indices:
             raise InputError(
-                f"{self.store.path}: no items of split {split!r} (the store holds {len(self.store)} items of split "
-                f"{self.store.meta['split']!r}); encode with --split all or the split you need."
+                f"{self.store.path}: no items of split {split!r} (the store holds {len(self.store)} items encoded "
+                f"from split {self.store.meta['split']!r}); encode with --split all or the split you need."
             )
         self.with_mask = with_mask
         self.latents = [self.store.latent(i) for i in self.indices]
