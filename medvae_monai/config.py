@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from monai.bundle import ConfigParser
 
-from .errors import InputError
+from .errors import InputError, install_cli_excepthook
 
 __all__ = ["check_cli_overrides", "config_ids"]
 
@@ -55,6 +55,7 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or "monai/bundle" not in argv[0].replace("\\", "/") or "run" not in argv[1:2]:
         return
+    install_cli_excepthook()  # bad input then prints one readable message, not MONAI's traceback chain
     names: list[str] = []
     files: list[str] = []
     for i, tok in enumerate(argv):

@@ -15,6 +15,9 @@ from .errors import InputError
 
 __all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "ensure_writable_dir", "load_state_dict", "load_weights"]
 
+_UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) and put it back
+os.umask(_UMASK)
+
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check it can be written, or raise :class:`InputError`."""
@@ -39,6 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -91,6 +95,10 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location
     state = load_state_dict(path, map_location)
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]  # a full training checkpoint (last.pt)
+    if not isinstance(state, dict):
+        raise InputError(
+            f"{path}: holds a {type(state).__name__}, not a state dict; save it with torch.save(model.state_dict(), path)."
+        )
     try:
         network.load_state_dict(state)
     except RuntimeError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 
 from monai.data import CacheDataset, Dataset
@@ -24,8 +25,8 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from ..errors import InputError
-from ..transforms import CheckImaged, CTWindowd, LoadImageCheckedd
+from ..errors import InputError, find_input_error
+from ..transforms import CheckImaged, CheckImageMaskd, CTWindowd, LoadImageCheckedd
 from .phantoms import PHANTOM_CLASSES, phantom_items
 from .sources import PICTURE_SUFFIXES, class_folder_items, datalist_items, medmnist_items, source_kind
 from .splits import split_items
@@ -60,6 +61,7 @@ def list_items(
     seed: int = 0,
     skip_unreadable: bool = False,
     max_items: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list[dict], DatasetInfo]:
     """Items of ``split`` from ``dataset_dir`` and a description of the source.
 
@@ -72,8 +74,11 @@ def list_items(
         seed: phantom seed.
         skip_unreadable: skip non-image files in class folders with a warning.
         max_items: keep an evenly spaced subset of at most this many items (quick runs).
+        class_names: expected classes in label order (e.g. a trained classifier's); a class
+            folder with another name is refused, see
+            :func:`~medvae_monai.data.sources.class_folder_items`.
     """
-    items, info = _list_all(dataset_dir, split, spatial_dims, seed, skip_unreadable)
+    items, info = _list_all(dataset_dir, split, spatial_dims, seed, skip_unreadable, class_names)
     if max_items is not None and 0 < max_items < len(items):
         step = len(items) / max_items
         items = [items[int(i * step)] for i in range(max_items)]
@@ -81,7 +86,12 @@ def list_items(
 
 
 def _list_all(
-    dataset_dir: str | os.PathLike | None, split: str, spatial_dims: int, seed: int, skip_unreadable: bool
+    dataset_dir: str | os.PathLike | None,
+    split: str,
+    spatial_dims: int,
+    seed: int,
+    skip_unreadable: bool,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list[dict], DatasetInfo]:
     kind = source_kind(dataset_dir)
     info = DatasetInfo(kind=kind, dataset_dir=None if kind == "phantom" else str(dataset_dir), class_names=[])
@@ -109,7 +119,7 @@ def _list_all(
     elif kind == "datalist":
         items = datalist_items(dataset_dir)
     else:
-        items, info["class_names"] = class_folder_items(dataset_dir, skip_unreadable=skip_unreadable)
+        items, info["class_names"] = class_folder_items(dataset_dir, skip_unreadable, class_names)
     items = split_items(items, split)
     if not items:
         raise InputError(f"{dataset_dir or 'phantoms'}: split {split!r} is empty; use more images or another split.")
@@ -155,12 +165,14 @@ def preprocessing(
     keys = ["image", "mask"] if with_mask else ["image"]
     xs: list = []
     if kind in ("folder", "datalist"):
-        xs += [LoadImageCheckedd(keys, image_only=True, ensure_channel_first=True)]
+        xs += [LoadImageCheckedd(keys, image_only=True, ensure_channel_first=True, spatial_dims=spatial_dims)]
     else:
         xs += [EnsureChannelFirstd(keys, channel_dim=0)]
     if intensity == "auto":
         intensity = {"phantom": "ct", "medmnist": "uint8"}.get(kind) or ("uint8" if _is_picture(items) else "percentile")
     xs.append(CheckImaged("image", channels=in_channels, spatial_dims=spatial_dims, min_size=min_size))
+    if with_mask:
+        xs.append(CheckImageMaskd("mask", image_key="image"))
     if intensity == "uint8":
         xs.append(ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
     elif intensity == "ct":
@@ -185,20 +197,57 @@ class CheckedCacheDataset(CacheDataset):
     """``CacheDataset`` that loads and checks every item up front and, when one fails, raises the
     package's :class:`~medvae_monai.errors.InputError` alone instead of MONAI's wrapped
     ``RuntimeError("applying transform ...")`` chain, so the message names the bad file.
+
+    Args:
+        data: the items.
+        transform: a ``Compose`` of deterministic transforms (it is cached).
+        skip_bad: opt in to dropping items whose file is refused (corrupt, wrong shape, NaN, ...)
+            instead of failing; each is logged, and one warning at the end gives the count.
+        kwargs: passed to ``CacheDataset``.
     """
 
-    def __init__(self, data: Sequence[dict], transform, **kwargs) -> None:
+    def __init__(self, data: Sequence[dict], transform, skip_bad: bool = False, **kwargs) -> None:
         kwargs.setdefault("progress", False)
         kwargs.setdefault("copy_cache", False)
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[dict, str]] = []  # (item, reason) of every dropped item
         try:
             super().__init__(data, transform, **kwargs)
         except RuntimeError as e:
-            cause: BaseException | None = e
-            while cause is not None and not isinstance(cause, InputError):
-                cause = cause.__cause__
+            cause = find_input_error(e)
             if cause is not None:
                 raise cause from None
             raise
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as e:
+            err = find_input_error(e) if self.skip_bad else None
+            if err is None:
+                raise
+            return err  # marks the item as bad; set_data drops it
+
+    def set_data(self, data: Sequence) -> None:
+        super().set_data(data)
+        if not self.skip_bad or self._cache is None:
+            return
+        bad = {i for i, c in enumerate(self._cache) if isinstance(c, InputError)}
+        if not bad:
+            return
+        for i in sorted(bad):
+            logger.warning("skipped: %s", self._cache[i])
+            self.skipped.append((self.data[i], str(self._cache[i])))
+        if len(bad) == len(self.data):
+            raise InputError(f"all {len(bad)} item(s) were refused; the first: {self._cache[min(bad)]}")
+        self.data = [d for i, d in enumerate(self.data) if i not in bad]
+        self._cache = [c for i, c in enumerate(self._cache) if i not in bad]
+        self.cache_num = len(self._cache)
+        warnings.warn(
+            f"skipped {len(bad)} of {len(bad) + len(self.data)} item(s) that could not be used (see the log, or "
+            f"the dataset's `skipped` list); the first: {self.skipped[0][1][:300]}",
+            stacklevel=2,
+        )
 
 
 def preprocessing_for(
@@ -242,6 +291,10 @@ def make_dataset(
     With ``cache`` (the default) every item is loaded and checked up front, so a bad file fails
     here, with its name, rather than mid-epoch. The dataset's ``info`` attribute holds the
     :class:`DatasetInfo`.
+
+    With ``skip_unreadable``, non-image files and (when cached) files that are refused on loading
+    (corrupt, truncated, wrong shape, NaN, ...) are skipped instead: one warning gives the count,
+    and the cached dataset's ``skipped`` attribute lists ``(item, reason)``.
     """
     items, info = list_items(dataset_dir, split, spatial_dims, seed, skip_unreadable, max_items)
     if with_mask and not info["has_masks"]:
@@ -252,6 +305,9 @@ def make_dataset(
     xform = preprocessing(
         info["kind"], items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size
     )
-    ds = CheckedCacheDataset(items, xform, num_workers=num_workers or None) if cache else Dataset(items, xform)
+    if cache:
+        ds = CheckedCacheDataset(items, xform, skip_bad=skip_unreadable, num_workers=num_workers or None)
+    else:
+        ds = Dataset(items, xform)
     ds.info = info
     return ds

@@ -6,10 +6,12 @@ and refuses unusable input with an :class:`~medvae_monai.errors.InputError` that
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,9 @@ def source_kind(dataset_dir: str | os.PathLike | None) -> str:
     return "folder"
 
 
-def class_folder_items(root: str | os.PathLike, skip_unreadable: bool = False) -> tuple[list[dict], list[str]]:
+def class_folder_items(
+    root: str | os.PathLike, skip_unreadable: bool = False, class_names: Sequence[str] | None = None
+) -> tuple[list[dict], list[str]]:
     """Items of a MedNIST-layout tree ``root/<class>/<image>`` (or a flat folder of images), with masks.
 
     A file ``<stem>_mask.<ext>`` beside an image is its mask (the BUSI layout). Classes are the
@@ -73,6 +77,9 @@ def class_folder_items(root: str | os.PathLike, skip_unreadable: bool = False) -
         root: the folder holding one sub-folder per class.
         skip_unreadable: skip (and count, with a warning) files that are not images instead of
             raising.
+        class_names: the classes a model was trained on, in label order. Every sub-folder must
+            be one of them (a missing one is fine, e.g. in a small test set), and labels index this
+            list, so they match the model's even when the folders differ.
 
     Returns:
         ``(items, class_names)``; items hold ``image``, ``label``, ``class_name``, ``source``
@@ -81,11 +88,26 @@ def class_folder_items(root: str | os.PathLike, skip_unreadable: bool = False) -
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     flat = not classes  # a plain folder of images: no labels
+    if flat and class_names:
+        raise InputError(
+            f"{root}: no class sub-folders, so the images have no labels, but classes {list(class_names)} are "
+            "expected. Put each class's images in a sub-folder named after it."
+        )
     if flat:
         classes = [""]
+    if class_names:
+        unknown = [c for c in classes if c not in class_names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(class_names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(
+                f"{root / unknown[0]}: unknown class {unknown[0]!r}{hint}; the model's classes are "
+                f"{list(class_names)}. Rename or remove the folder, or retrain with this class."
+            )
     items: list[dict] = []
     skipped: list[str] = []
-    for label, name in enumerate(classes):
+    for i, name in enumerate(classes):
+        label = list(class_names).index(name) if class_names else i
         files = sorted(f for f in (root / name).iterdir() if f.is_file() and not f.name.startswith("."))
         if flat:
             files = [f for f in files if f.name not in ("dataset.json", "SHA256SUMS") and not f.name.endswith(".md")]
@@ -116,7 +138,7 @@ def class_folder_items(root: str | os.PathLike, skip_unreadable: bool = False) -
             f"{root}: {where} hold(s) no images ({', '.join(IMAGE_SUFFIXES)}). Point dataset_dir at a folder of "
             "images, or at a MedNIST-layout folder with one sub-folder of images per class."
         )
-    return items, [] if flat else classes
+    return items, [] if flat else list(class_names or classes)
 
 
 def medmnist_items(npz_path: str | os.PathLike, split: str) -> tuple[list[dict], list[str]]:
@@ -185,6 +207,12 @@ def datalist_items(path: str | os.PathLike, section: str = "training") -> list[d
             e = {"image": e}
         if not isinstance(e, dict) or "image" not in e:
             raise InputError(f"{p}: entry {i} of '{section}' has no 'image' key (got {e!r}); each entry needs 'image'.")
+        bad = [k for k in ("image", "label") if k in e and not isinstance(e[k], (str, int, float) if k == "label" else str)]
+        if bad:
+            raise InputError(
+                f"{p}: entry {i} of '{section}': '{bad[0]}' must be a file path"
+                f"{' or an integer class' if bad[0] == 'label' else ''}, got {e[bad[0]]!r}."
+            )
         item: dict = {k: v for k, v in e.items() if k not in ("image", "label")}
         image = base / e["image"]
         if not image.exists():

@@ -24,9 +24,10 @@ class ResumableCheckpoint:
     Files under ``save_dir``:
 
     - ``last.pt``: every object in ``save_dict`` (network, optimiser, scheduler, the trainer's
-      epoch and iteration counters) plus the best metric so far, written at the end of each
-      epoch, after validation. On the next run with the same ``save_dir`` training resumes
-      from it, unless ``resume`` is False.
+      epoch and iteration counters), the best metric so far and the torch random state, written
+      at the end of each epoch, after validation. On the next run with the same ``save_dir``
+      training resumes from it, unless ``resume`` is False; with the random state restored, the
+      resumed epochs draw the same shuffles and latent samples as an uninterrupted run.
     - ``best.pt``: the state dict of ``network`` whenever ``metric_name`` improves (higher is
       better), written by the evaluator's completion.
 
@@ -84,6 +85,8 @@ class ResumableCheckpoint:
         evaluator.add_event_handler(Events.COMPLETED, self.save_best)
 
     def load_last(self, engine: Engine) -> None:
+        for stale in self.save_dir.glob(".*.pt.*.tmp"):  # left by a run killed mid-save (see atomic_write)
+            stale.unlink(missing_ok=True)
         if not (self.resume and self.last_path.exists()):
             return
         ckpt = load_state_dict(self.last_path)
@@ -97,6 +100,8 @@ class ResumableCheckpoint:
                 "It was written by a different model or configuration; use a new --output_dir or delete the file."
             ) from None
         engine.state.max_epochs = max_epochs
+        if "rng_state" in ckpt:
+            torch.set_rng_state(ckpt["rng_state"])
         self.best_metric = float(ckpt.get("best_metric", self.best_metric))
         self.best_epoch = int(ckpt.get("best_epoch", self.best_epoch))
         logger.info("Resumed from %s at epoch %d, iteration %d.", self.last_path, engine.state.epoch, engine.state.iteration)
@@ -108,6 +113,7 @@ class ResumableCheckpoint:
         state = {key: obj.state_dict() for key, obj in self.save_dict.items()}
         state["best_metric"] = torch.tensor(self.best_metric)
         state["best_epoch"] = torch.tensor(self.best_epoch)
+        state["rng_state"] = torch.get_rng_state()  # CPU generator: DataLoader shuffles and z samples
         atomic_torch_save(state, self.last_path)
 
     def save_best(self, evaluator: Engine) -> None:

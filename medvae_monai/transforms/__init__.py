@@ -1,4 +1,4 @@
-from .checks import CheckImaged
+from .checks import CheckImaged, CheckImageMaskd
 from .io import LoadImageCheckedd
 from .intensity import CT_WINDOWS, CTWindow, CTWindowd, window_bounds
 from .latent import DecodeLatentd, EncodeLatentd, LatentGeometryd, attach_latent_geometry, image_affine, latent_affine
@@ -7,6 +7,7 @@ __all__ = [
     "CT_WINDOWS",
     "CTWindow",
     "CTWindowd",
+    "CheckImageMaskd",
     "CheckImaged",
     "DecodeLatentd",
     "EncodeLatentd",

@@ -9,7 +9,7 @@ from monai.transforms import MapTransform
 
 from ..errors import InputError, describe_source
 
-__all__ = ["CheckImaged"]
+__all__ = ["CheckImaged", "CheckImageMaskd"]
 
 
 class CheckImaged(MapTransform):
@@ -57,6 +57,8 @@ class CheckImaged(MapTransform):
                 )
             if self.channels is not None and shape[0] != self.channels:
                 fix = "convert it to greyscale" if self.channels == 1 else f"give an image with {self.channels} channels"
+                if self.channels == 1 and len(shape) == 4:
+                    fix = "for a 4D volume (its 4th axis is read as channels) select one 3D volume"
                 raise InputError(
                     f"{src}: the model takes {self.channels} channel(s), the image under '{key}' has {shape[0]} "
                     f"(shape {shape}); {fix}, or use a model built with in_channels={shape[0]}."
@@ -72,4 +74,54 @@ class CheckImaged(MapTransform):
                     f"{src}: {n_bad} NaN/Inf voxel(s) under '{key}'; fix or mask them (e.g. "
                     "numpy.nan_to_num) before encoding."
                 )
+        return d
+
+
+class CheckImageMaskd(MapTransform):
+    """Check that an image and its mask cover the same voxels: equal spatial shape and affine.
+
+    A mask exported at another resolution or orientation would otherwise be resampled or cropped
+    silently and no longer match the anatomy.
+
+    Args:
+        keys: mask keys.
+        image_key: key of the image each mask belongs to, channel-first ``(C, *S)``.
+        atol: tolerance on affine entries (mm), for rounding in exported headers.
+        allow_missing_keys: do not raise if a key is absent.
+
+    Raises:
+        InputError: naming both files and the fix.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable] | Hashable,
+        image_key: str = "image",
+        atol: float = 1e-3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.atol = atol
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        img = d[self.image_key]
+        for key in self.key_iterator(d):
+            mask = d[key]
+            where = f"{describe_source(img)} and its mask {describe_source(mask)}"
+            if tuple(img.shape[1:]) != tuple(mask.shape[1:]):
+                raise InputError(
+                    f"{where}: spatial shapes differ, {tuple(img.shape[1:])} vs {tuple(mask.shape[1:])}. "
+                    "Re-export the mask on the image's grid (same size and spacing)."
+                )
+            a_img, a_mask = getattr(img, "affine", None), getattr(mask, "affine", None)
+            if a_img is not None and a_mask is not None:
+                a_img, a_mask = torch.as_tensor(a_img, dtype=torch.float64), torch.as_tensor(a_mask, dtype=torch.float64)
+                if not torch.allclose(a_img, a_mask, rtol=0.0, atol=self.atol):
+                    raise InputError(
+                        f"{where}: affines differ (image {a_img.tolist()}, mask {a_mask.tolist()}), so they are not "
+                        "on the same grid. Resample the mask to the image (e.g. monai.transforms.ResampleToMatch) "
+                        "and save it with the image's header."
+                    )
         return d

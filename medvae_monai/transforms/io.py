@@ -6,7 +6,7 @@ import os
 from collections.abc import Hashable, Mapping
 
 import torch
-from monai.transforms import LoadImaged
+from monai.transforms import LoadImaged, SqueezeDim
 
 from ..errors import InputError
 
@@ -18,7 +18,17 @@ class LoadImageCheckedd(LoadImaged):
 
     Zero-byte, truncated and corrupt files, and files no reader understands, raise
     :class:`InputError` instead of the readers' chained errors.
+
+    Args:
+        args: passed to ``LoadImaged``.
+        spatial_dims: if 2, a single-slice volume ``(C, H, W, 1)`` (how ITK reads one DICOM
+            slice, or a one-slice NIfTI) becomes the image ``(C, H, W)`` it is.
+        kwargs: passed to ``LoadImaged``.
     """
+
+    def __init__(self, *args, spatial_dims: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.squeeze = SqueezeDim(dim=-1) if spatial_dims == 2 else None
 
     def __call__(self, data: Mapping[Hashable, object], reader=None) -> dict[Hashable, torch.Tensor]:
         for key in self.key_iterator(dict(data)):
@@ -31,7 +41,7 @@ class LoadImageCheckedd(LoadImaged):
                 if empty:
                     raise InputError(f"{path}: the file is empty (0 bytes); re-export or remove it.")
         try:
-            return super().__call__(data, reader)
+            d = super().__call__(data, reader)
         except InputError:
             raise
         except Exception as e:
@@ -41,3 +51,8 @@ class LoadImageCheckedd(LoadImaged):
                 f"{', '.join(paths)}: cannot be read as an image ({type(e).__name__}: {reason[:300]}). The file is "
                 "corrupt, truncated or not an image; re-export or remove it."
             ) from None
+        if self.squeeze is not None:
+            for key in self.key_iterator(d):
+                if d[key].ndim == 4 and d[key].shape[-1] == 1:
+                    d[key] = self.squeeze(d[key])
+        return d

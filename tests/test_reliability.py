@@ -1,0 +1,348 @@
+"""Bad inputs: one test per row of docs/reliability.md. Each writes real files (PNG, NIfTI, DICOM,
+JSON, checkpoints) and checks for one readable InputError that names the file or key and the fix,
+or, where the user opted in, a skip with a warning and a count."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import itk
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvae_monai.data import list_items, make_dataset
+from medvae_monai.errors import InputError
+from medvae_monai.networks import MedVAE
+from medvae_monai.utils import atomic_write_json, ensure_writable_dir, load_state_dict, load_weights
+
+from .conftest import data_path, run_bundle
+
+RNG = np.random.default_rng(0)
+
+
+def write_png(path: Path, shape: tuple[int, ...] = (16, 16)) -> Path:
+    Image.fromarray(RNG.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def write_nifti(path: Path, data: np.ndarray | None = None, affine: np.ndarray | None = None) -> Path:
+    data = RNG.random((12, 12, 12), dtype=np.float32) if data is None else data
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def write_dicom(path: Path) -> Path:
+    itk.imwrite(itk.image_from_array(RNG.integers(0, 1000, (16, 16)).astype(np.int16)), str(path))
+    return path
+
+
+def truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def class_folder(root: Path, files: dict[str, object]) -> Path:
+    """``root/a/<name>`` for each file; values are writers ``f(path)``."""
+    (root / "a").mkdir(parents=True)
+    for name, write in files.items():
+        write(root / "a" / name)
+    return root
+
+
+def refused(match: str, *names: str):
+    """``pytest.raises(InputError)`` whose message must contain ``match`` and every name."""
+
+    class _Check:
+        def __enter__(self):
+            self.ctx = pytest.raises(InputError, match=match)
+            self.info = self.ctx.__enter__()
+            return self.info
+
+        def __exit__(self, *exc):
+            suppressed = self.ctx.__exit__(*exc)
+            for n in names:
+                assert n in str(self.info.value), f"{n!r} not named in: {self.info.value}"
+            return suppressed
+
+    return _Check()
+
+
+WRITERS = {".png": (write_png, 2), ".nii.gz": (write_nifti, 3), ".nii": (write_nifti, 3), ".dcm": (write_dicom, 2)}
+
+
+# row: a zero-byte file
+@pytest.mark.parametrize("suffix", sorted(WRITERS))
+def test_zero_byte_file(tmp_path: Path, suffix: str) -> None:
+    root = class_folder(tmp_path, {f"x{suffix}": lambda p: p.write_bytes(b"")})
+    with refused("empty \\(0 bytes\\)", f"x{suffix}"):
+        make_dataset(root, "all", spatial_dims=WRITERS[suffix][1])
+
+
+# row: a truncated or corrupt NIfTI, PNG or DICOM
+@pytest.mark.parametrize("suffix", sorted(WRITERS))
+def test_truncated_file(tmp_path: Path, suffix: str) -> None:
+    write, sd = WRITERS[suffix]
+    good = class_folder(tmp_path / "good", {f"x{suffix}": write})
+    assert len(make_dataset(good, "all", spatial_dims=sd)) == 1  # the intact file loads
+    bad = class_folder(tmp_path / "bad", {f"x{suffix}": lambda p: truncate(write(p))})
+    with refused("cannot be read as an image.*corrupt, truncated", f"x{suffix}"):
+        make_dataset(bad, "all", spatial_dims=sd)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".nii.gz", ".dcm"])
+def test_corrupt_file_random_content(tmp_path: Path, suffix: str) -> None:
+    root = class_folder(tmp_path, {f"x{suffix}": lambda p: p.write_bytes(RNG.integers(0, 256, 2048, np.uint8).tobytes())})
+    with refused("cannot be read as an image", f"x{suffix}"):
+        make_dataset(root, "all", spatial_dims=WRITERS[suffix][1])
+
+
+# row: a non-image file in a class folder (error by default; opt-in skip with a warning and a count)
+def test_non_image_file_in_class_folder(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"notes.txt": lambda p: p.write_text("scan notes"), "x.png": write_png})
+    with refused("not an image file.*skip_unreadable", "notes.txt"):
+        list_items(root, "all")
+    with pytest.warns(UserWarning, match="skipped 1 non-image file"):
+        items, _ = list_items(root, "all", skip_unreadable=True)
+    assert [Path(it["image"]).name for it in items] == ["x.png"]
+
+
+def test_opt_in_skip_of_unreadable_images_warns_with_count(tmp_path: Path) -> None:
+    files = {f"ok{i}.png": write_png for i in range(3)}
+    files |= {"trunc.png": lambda p: truncate(write_png(p)), "empty.png": lambda p: p.write_bytes(b"")}
+    root = class_folder(tmp_path, files)
+    with refused("empty.png"):  # the default: the first bad file stops the run
+        make_dataset(root, "all")
+    with pytest.warns(UserWarning, match="skipped 2 of 5 item"):
+        ds = make_dataset(root, "all", skip_unreadable=True)
+    assert len(ds) == 3 and all(Path(ds[i]["image"].meta["filename_or_obj"]).stem.startswith("ok") for i in range(3))
+    assert sorted(Path(item["image"]).name for item, _ in ds.skipped) == ["empty.png", "trunc.png"]
+
+
+def test_opt_in_skip_with_every_file_bad_is_an_error(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"a.png": lambda p: p.write_bytes(b""), "b.png": lambda p: p.write_bytes(b"")})
+    with refused("all 2 item\\(s\\) were refused"):
+        make_dataset(root, "all", skip_unreadable=True)
+
+
+# row: NaN or Inf voxels
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_inf_voxels(tmp_path: Path, bad: float) -> None:
+    data = RNG.random((12, 12, 12), dtype=np.float32)
+    data[3, 4, 5] = bad
+    root = class_folder(tmp_path, {"x.nii.gz": lambda p: write_nifti(p, data)})
+    with refused("1 NaN/Inf voxel", "x.nii.gz"):
+        make_dataset(root, "all", spatial_dims=3)
+
+
+# row: a 4D volume where 3D is expected
+def test_4d_volume_for_3d_model(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"x.nii.gz": lambda p: write_nifti(p, RNG.random((12, 12, 12, 5), dtype=np.float32))})
+    with refused("4D volume.*select one 3D volume", "x.nii.gz"):
+        make_dataset(root, "all", spatial_dims=3)
+    with refused("expected a 2D image.*4D", "x.nii.gz"):  # and given to a 2D model
+        make_dataset(root, "all", spatial_dims=2, in_channels=5)
+
+
+# row: an RGB image given to a 1-channel model, and the reverse
+def test_rgb_to_grey_model_and_reverse(tmp_path: Path) -> None:
+    rgb = class_folder(tmp_path / "rgb", {"x.png": lambda p: write_png(p, (16, 16, 3))})
+    with refused("takes 1 channel.*has 3.*convert it to greyscale", "x.png"):
+        make_dataset(rgb, "all", in_channels=1)
+    assert make_dataset(rgb, "all", in_channels=3)[0]["image"].shape == (3, 16, 16)
+    grey = class_folder(tmp_path / "grey", {"x.png": write_png})
+    with refused("takes 3 channel.*has 1.*in_channels=1", "x.png"):
+        make_dataset(grey, "all", in_channels=3)
+
+
+# row: a size below the minimum, or not divisible by the downsampling factor
+def test_size_below_minimum(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"x.png": lambda p: write_png(p, (3, 16))})
+    with refused("below the minimum 4.*pad or resample", "x.png"):
+        make_dataset(root, "all", min_size=4)
+
+
+def test_size_not_divisible_is_padded_and_cropped_back(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"x.png": lambda p: write_png(p, (13, 22))})
+    img = make_dataset(root, "all", min_size=4)[0]["image"]
+    net = MedVAE(2, 1, channels=(8, 16), downsample_factor=4).eval()
+    with torch.no_grad():
+        recon, mu, _ = net(img[None].as_tensor())
+    assert recon.shape == (1, 1, 22, 13) and mu.shape == (1, 1, 6, 4)  # ceil(22/4), ceil(13/4)
+
+
+# row: an empty dataset folder
+def test_empty_dataset_folder(tmp_path: Path) -> None:
+    with refused("no images", str(tmp_path)):
+        list_items(tmp_path, "all")
+    (tmp_path / "benign").mkdir()
+    with refused("class folders \\['benign'\\] hold\\(s\\) no images"):
+        list_items(tmp_path, "all")
+
+
+def test_empty_split(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"x.png": write_png})  # one image: it lands in train, test is empty
+    with refused("split 'test' is empty"):
+        list_items(root, "test")
+
+
+# row: labels missing, or unknown class names
+def test_unknown_class_folder(tmp_path: Path) -> None:
+    for name in ("benign", "malignnat"):
+        (tmp_path / name).mkdir()
+        write_png(tmp_path / name / "x.png")
+    with refused("unknown class 'malignnat' \\(did you mean 'malignant'\\?\\)", "malignnat"):
+        list_items(tmp_path, "all", class_names=["benign", "malignant", "normal"])
+    items, info = list_items(tmp_path, "all")  # without a class list the folders define the classes
+    assert info["class_names"] == ["benign", "malignnat"]
+
+
+def test_class_names_fix_label_indices(tmp_path: Path) -> None:
+    (tmp_path / "normal").mkdir()
+    write_png(tmp_path / "normal" / "x.png")  # a test set holding only the last class
+    items, info = list_items(tmp_path, "all", class_names=["benign", "malignant", "normal"])
+    assert [it["label"] for it in items] == [2] and info["class_names"] == ["benign", "malignant", "normal"]
+
+
+def test_labels_missing(tmp_path: Path) -> None:
+    write_png(tmp_path / "x.png")  # a flat folder: no class sub-folders, so no labels
+    with refused("no class sub-folders.*no labels", str(tmp_path)):
+        list_items(tmp_path, "all", class_names=["benign", "malignant"])
+
+
+# row: image and mask shapes or affines that differ
+def test_mask_shape_differs(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"x.png": write_png, "x_mask.png": lambda p: write_png(p, (16, 8))})
+    with refused("spatial shapes differ", "x.png", "x_mask.png"):
+        make_dataset(root, "all", with_mask=True)
+
+
+def test_mask_affine_differs(tmp_path: Path) -> None:
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    write_nifti(tmp_path / "imagesTr" / "a.nii.gz")
+    write_nifti(tmp_path / "labelsTr" / "a.nii.gz", np.ones((12, 12, 12), np.uint8), np.diag([1.0, 1.0, 2.0, 1.0]))
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}]}))
+    with refused("affines differ.*Resample the mask", "imagesTr/a.nii.gz", "labelsTr/a.nii.gz"):
+        make_dataset(tmp_path, "all", spatial_dims=3, with_mask=True)
+    write_nifti(tmp_path / "labelsTr" / "a.nii.gz", np.ones((12, 12, 12), np.uint8))  # same grid: accepted
+    assert make_dataset(tmp_path, "all", spatial_dims=3, with_mask=True)[0]["mask"].shape == (1, 12, 12, 12)
+
+
+@pytest.mark.parametrize("folder, sd", [("Task04_Hippocampus", 3), ("BUSI", 2)])
+def test_real_masks_pass_the_grid_check(folder: str, sd: int) -> None:
+    ds = make_dataset(data_path(folder), "all", spatial_dims=sd, with_mask=True, max_items=6)
+    assert len(ds) == 6 and all(ds[i]["mask"].shape == ds[i]["image"].shape for i in range(6))
+
+
+# row: a datalist JSON with wrong keys
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({"train": [{"image": "a.nii.gz"}]}, "no 'training' list \\(found keys \\['train'\\]\\)"),
+        ({"training": [{"img": "a.nii.gz"}]}, "entry 0 of 'training' has no 'image' key"),
+        ({"training": [{"image": ["a.nii.gz"]}]}, "'image' must be a file path"),
+        ({"training": [{"image": "a.nii.gz", "label": {"x": 1}}]}, "'label' must be a file path or an integer"),
+        ({"training": [{"image": "missing.nii.gz"}]}, "entry 0: image .*missing.nii.gz does not exist"),
+        ({"training": []}, "must be a non-empty list"),
+    ],
+)
+def test_datalist_wrong_keys(tmp_path: Path, content: dict, match: str) -> None:
+    write_nifti(tmp_path / "a.nii.gz")
+    (tmp_path / "list.json").write_text(json.dumps(content))
+    with refused(match, "list.json"):
+        list_items(tmp_path / "list.json", "all")
+
+
+def test_datalist_not_json(tmp_path: Path) -> None:
+    (tmp_path / "list.json").write_text('{"training": [')
+    with refused("cannot be read as a datalist JSON", "list.json"):
+        list_items(tmp_path / "list.json", "all")
+
+
+# row: unknown or misspelled config overrides
+@pytest.mark.slow
+def test_misspelled_override_is_one_readable_error() -> None:
+    proc = run_bundle("training", "bundle/configs/train.yaml", "--max_epoch", "1", check=False)
+    assert proc.returncode != 0
+    assert "InputError: unknown config override --max_epoch" in proc.stdout and "Did you mean --max_epochs" in proc.stdout
+    assert "Traceback" not in proc.stdout  # one message, not MONAI's wrapped traceback chain
+
+
+# row: a checkpoint from another architecture
+def test_checkpoint_from_another_architecture(tmp_path: Path) -> None:
+    torch.save(MedVAE(2, 1, channels=(8, 16)).state_dict(), tmp_path / "small.pt")
+    with refused("does not fit this MedVAE.*size mismatch.*another architecture", "small.pt"):
+        load_weights(MedVAE(2, 1, channels=(16, 32)), tmp_path / "small.pt")
+    torch.save(MedVAE(3, 1, channels=(8, 16)).state_dict(), tmp_path / "3d.pt")
+    with refused("does not fit this MedVAE", "3d.pt"):
+        load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "3d.pt")
+    load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "small.pt")  # the right architecture loads
+
+
+class _Payload:
+    """Pickles to a call that creates a marker file: proof of code execution if ever unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+# row: a model.pt that holds pickled objects rather than a state dict
+def test_pickled_model_pt_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    torch.save({"encoder.0.weight": torch.zeros(1), "hook": _Payload(marker)}, tmp_path / "model.pt")
+    with refused("refused, it holds pickled Python objects.*weights_only=True.*state_dict", "model.pt"):
+        load_weights(MedVAE(2, 1), tmp_path / "model.pt")
+    assert not marker.exists()
+    torch.save(MedVAE(2, 1, channels=(8, 16)), tmp_path / "module.pt")  # a whole pickled nn.Module
+    with refused("refused, it holds pickled Python objects", "module.pt"):
+        load_state_dict(tmp_path / "module.pt")
+
+
+def test_truncated_or_wrong_checkpoint(tmp_path: Path) -> None:
+    torch.save(MedVAE(2, 1, channels=(8, 16)).state_dict(), tmp_path / "model.pt")
+    truncate(tmp_path / "model.pt")
+    with refused("cannot be read as a PyTorch checkpoint.*corrupt or truncated", "model.pt"):
+        load_state_dict(tmp_path / "model.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with refused("holds a Tensor, not a state dict", "tensor.pt"):
+        load_weights(MedVAE(2, 1), tmp_path / "tensor.pt")
+    with refused("does not exist.*--ckpt_path", "nope.pt"):
+        load_state_dict(tmp_path / "nope.pt")
+
+
+# row: an unwritable output folder (CI runs as root, so permissions alone block nothing: use a
+# path below a regular file, and one in /proc, which no user can create folders in)
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    with refused("not writable.*choose another --output_dir", "a_file/out"):
+        ensure_writable_dir(tmp_path / "a_file" / "out")
+    if sys.platform.startswith("linux"):
+        with refused("not writable", "/proc/medvae-out"):
+            ensure_writable_dir("/proc/medvae-out")
+    assert ensure_writable_dir(tmp_path / "new" / "out").is_dir()  # a writable one is created
+
+
+@pytest.mark.slow
+def test_unwritable_output_folder_in_bundle_run(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "out"
+    proc = run_bundle("training", "bundle/configs/train.yaml", "--output_dir", str(out), "--max_items", "8", check=False)
+    assert proc.returncode != 0
+    assert f"InputError: output folder '{out}' is not writable" in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_files_are_written_with_normal_permissions(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: others can read model.pt
