@@ -191,8 +191,8 @@ def datalist_items(path: str | os.PathLike, section: str = "training") -> list[d
         p = p / "dataset.json"
     try:
         content = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{p}: cannot be read as a datalist JSON ({e}).") from e
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{p}: cannot be read as a datalist JSON ({e}).") from None
     if not isinstance(content, dict) or section not in content:
         keys = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise InputError(f"{p}: no '{section}' list (found keys {keys}). An MSD datalist has "
