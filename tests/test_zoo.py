@@ -1,0 +1,121 @@
+"""The MONAI Model Zoo's CI checks, replayed on ``bundle/``: files, version, metadata, net in/out, export.
+
+The zoo runs ``verify_metadata``, ``verify_net_in_out`` and ``ckpt_export`` from ``monai.bundle``;
+here they run in-process (one MONAI import) from the repository root, where the configs'
+``%bundle/configs/common.yaml::...`` macros resolve. ``verify_metadata`` uses the schema kept in
+the repo, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+
+from medvae_monai.utils import load_weights
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+META = "bundle/configs/metadata.json"
+SCHEMA = "bundle/configs/meta_schema.json"
+# each network the bundle ships: the VAE (network_def of inference.yaml) and the heads' wrappers
+NETWORKS = ["inference.yaml", "infer_classifier.yaml", "infer_segmentation.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("MEDVAE_QUIET", "1")
+
+
+def network_and_weights(config: str, tmp_path: Path) -> tuple[torch.nn.Module, Path, bool]:
+    """``network_def`` of ``config``, its checkpoint (the committed one, else fresh weights), and
+    whether TorchScript can script it (the VAE) or must trace it (the heads)."""
+    parser = ConfigParser()
+    parser.read_config(f"bundle/configs/{config}")
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def").eval()
+    ckpt = Path(parser.get_parsed_content("ckpt_path"))
+    if ckpt.is_file():
+        load_weights(net, ckpt)
+    else:
+        ckpt = tmp_path / f"{Path(config).stem}.pt"
+        torch.save(net.state_dict(), ckpt)
+    return net, ckpt, config == "inference.yaml"
+
+
+def head_data_format(net: torch.nn.Module, meta: dict) -> dict:
+    """The VAE's ``network_data_format`` with the output channels of ``net`` (a head wrapper)."""
+    fmt = copy.deepcopy(meta["network_data_format"])
+    image = fmt["inputs"]["image"]
+    with torch.no_grad():
+        out = net(torch.rand(1, image["num_channels"], *image["spatial_shape"]))
+    fmt["outputs"]["pred"]["num_channels"] = int(out.shape[1])
+    return fmt
+
+
+def test_necessary_files() -> None:
+    for rel in ["configs/metadata.json", "configs/inference.yaml", "docs/README.md", "LICENSE"]:
+        assert (BUNDLE / rel).is_file(), f"bundle/{rel} is missing"
+    # weights: committed, or listed in large_files.yml for download
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        assert (BUNDLE / "large_files.yml").is_file(), "commit bundle/models/model.pt or list it in bundle/large_files.yml"
+        large = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
+        assert "models/model.pt" in [f["path"] for f in large["large_files"]]
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    sections = ["### **Authors**", "### **Tags**", "## **Model Description**", "## **Data**", "## **Performance**"]
+    sections += ["## **System Configuration**", "## **Limitations**", "## MONAI Bundle Commands", "## Pretrained checkpoint"]
+    for section in sections:
+        assert section in readme, f"docs/README.md lacks the zoo section {section!r}"
+
+
+def test_version_listed_in_changelog() -> None:
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    # the zoo lists the newest version first
+    assert next(iter(meta["changelog"])) == meta["version"]
+
+
+def test_verify_metadata_offline(tmp_path: Path) -> None:
+    verify_metadata(meta_file=META, filepath=SCHEMA)  # an existing filepath is not downloaded again
+    # the schema is not a rubber stamp: a missing mandatory key and a malformed tensor spec fail
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    for broken in (
+        {k: v for k, v in meta.items() if k != "network_data_format"},
+        {**meta, "network_data_format": {"inputs": {"image": {"type": "image"}}, "outputs": {}}},
+        {**meta, "version": "one"},
+    ):
+        bad = tmp_path / "metadata.json"
+        bad.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="Failed validating"):
+            verify_metadata(meta_file=str(bad), filepath=SCHEMA)
+
+
+@pytest.mark.parametrize("config", NETWORKS)
+def test_verify_net_in_out(config: str, tmp_path: Path) -> None:
+    overrides = {}
+    if config != "inference.yaml":  # a head: the VAE's input, the head's output channels
+        net, _, _ = network_and_weights(config, tmp_path)
+        overrides["_meta_#network_data_format"] = head_data_format(net, json.loads(Path(META).read_text()))
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=f"bundle/configs/{config}", device="cpu", **overrides)
+
+
+@pytest.mark.parametrize("config", NETWORKS)
+def test_ckpt_export_torchscript(config: str, tmp_path: Path) -> None:
+    net, ckpt, scriptable = network_and_weights(config, tmp_path)
+    ts_path = tmp_path / "model.ts"
+    trace = {} if scriptable else {"use_trace": True, "input_shape": [1, 1, 64, 64]}
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ckpt), meta_file=META, config_file=f"bundle/configs/{config}", **trace)
+    extra = {"metadata.json": "", Path(config).stem + ".json": ""}
+    ts = torch.jit.load(str(ts_path), _extra_files=extra)
+    # the zoo's TorchScript bundle carries the metadata and the config as JSON
+    assert json.loads(extra["metadata.json"])["version"] == json.loads(Path(META).read_text())["version"]
+    assert "network_def" in json.loads(extra[Path(config).stem + ".json"])
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert ts(x).shape == net(x).shape
