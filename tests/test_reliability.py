@@ -4,8 +4,10 @@ or, where the user opted in, a skip with a warning and a count."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from medvae_monai.data import list_items, make_dataset
@@ -346,3 +349,77 @@ def test_files_are_written_with_normal_permissions(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     os.umask(umask)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: others can read model.pt
+
+
+# security: every weights load is weights_only, and the bundle's `$` expressions stay minimal
+# (docs/security.md). These scan the repository, so a new unsafe load or expression fails CI.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PY_SOURCES = [p for d in ("medvae_monai", "bundle", "benchmarks", "tests", "scripts") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
+
+
+def _kwarg(call: ast.Call, name: str) -> object:
+    return next((k.value.value for k in call.keywords if k.arg == name and isinstance(k.value, ast.Constant)), None)
+
+
+def test_every_torch_load_is_weights_only() -> None:
+    unsafe = []
+    for path in PY_SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"):
+                continue
+            owner = ast.unparse(node.func.value)
+            if owner == "torch" and _kwarg(node, "weights_only") is not True:
+                unsafe.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {ast.unparse(node)}")
+            if owner in ("np", "numpy") and _kwarg(node, "allow_pickle") is not False:
+                unsafe.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    for path in sorted((REPO_ROOT / "bundle").rglob("*.yaml")) + sorted((REPO_ROOT / "bundle").rglob("*.json")):
+        unsafe += [f"{path.relative_to(REPO_ROOT)}: {line.strip()}" for line in path.read_text().splitlines()
+                   if "torch.load(" in line and "weights_only=True" not in line]
+    assert not unsafe, "loads that could unpickle code:\n" + "\n".join(unsafe)
+
+
+# what `$` expressions may use: references (@id), the config's imports, and harmless builtins
+ALLOWED_NAMES = {"_ref", "medvae_monai", "monai", "torch", "numpy", "os", "dist", "Events", "len", "range", "min", "max",
+                 "int", "float", "str", "bool", "list", "tuple", "dict", "sorted", "isinstance"}
+ALLOWED_IMPORTS = ("os", "torch", "numpy", "monai", "medvae_monai", "ignite")
+FORBIDDEN_ATTRS = {"system", "popen", "spawnl", "execv", "execl", "remove", "unlink", "rmtree", "rmdir", "load", "loads",
+                   "__import__", "__class__", "__globals__", "__subclasses__", "__builtins__"}
+
+
+def bundle_expressions() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+
+    def walk(x: object, where: str) -> None:
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v, where)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v, where)
+        elif isinstance(x, str) and x.startswith("$"):
+            found.append((where, x[1:]))
+
+    for path in sorted((REPO_ROOT / "bundle" / "configs").glob("*.yaml")):
+        walk(yaml.safe_load(path.read_text()), path.name)
+    return found
+
+
+def test_bundle_expressions_stay_minimal() -> None:
+    exprs = bundle_expressions()
+    assert exprs, "no bundle expressions found: the scan is broken"
+    bad = []
+    for where, expr in exprs:
+        if expr.startswith(("import ", "from ")):
+            module = expr.split()[1]
+            if not module.startswith(ALLOWED_IMPORTS):
+                bad.append(f"{where}: ${expr} (import of {module})")
+            continue
+        tree = ast.parse(re.sub(r"@[\w#]+", "_ref", expr), mode="eval")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id not in ALLOWED_NAMES:
+                bad.append(f"{where}: ${expr} (name {node.id})")
+            if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_ATTRS:
+                bad.append(f"{where}: ${expr} (attribute .{node.attr})")
+            if isinstance(node, (ast.Lambda, ast.NamedExpr)):
+                bad.append(f"{where}: ${expr} (code in config: put it in the package)")
+    assert not bad, "bundle expressions beyond references and package calls:\n" + "\n".join(bad)
