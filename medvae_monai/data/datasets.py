@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Sequence
 
+import torch
 from monai.data import CacheDataset, Dataset
 from monai.transforms import (
     Compose,
@@ -25,7 +26,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from ..errors import InputError, find_input_error
+from ..errors import InputError, describe_source, find_input_error
 from ..transforms import CheckImaged, CheckImageMaskd, CTWindowd, LoadImageCheckedd
 from .phantoms import PHANTOM_CLASSES, phantom_items
 from .sources import PICTURE_SUFFIXES, class_folder_items, datalist_items, medmnist_items, source_kind
@@ -230,8 +231,28 @@ class CheckedCacheDataset(CacheDataset):
 
     def set_data(self, data: Sequence) -> None:
         super().set_data(data)
-        if not self.skip_bad or self._cache is None:
+        if self._cache is None:
             return
+        if self.skip_bad:
+            self._drop_bad()
+        self._warn_mixed_sizes()
+
+    def _warn_mixed_sizes(self) -> None:
+        """Batches of more than one image need one size; say so before the DataLoader's stack error."""
+        shapes: dict[tuple, str] = {}
+        for d in self._cache:
+            img = d.get("image") if isinstance(d, dict) else None
+            if isinstance(img, torch.Tensor):
+                shapes.setdefault(tuple(img.shape), describe_source(img))
+        if len(shapes) > 1:
+            (s1, f1), (s2, f2) = list(shapes.items())[:2]
+            warnings.warn(
+                f"the images have {len(shapes)} different shapes, e.g. {s1} ({f1}) and {s2} ({f2}); batches of more "
+                "than one image will fail to stack. Set spatial_size (--spatial_size [H, W]) or use batch_size 1.",
+                stacklevel=3,
+            )
+
+    def _drop_bad(self) -> None:
         bad = {i for i, c in enumerate(self._cache) if isinstance(c, InputError)}
         if not bad:
             return
@@ -284,6 +305,7 @@ def make_dataset(
     min_size: int = 4,
     skip_unreadable: bool = False,
     max_items: int | None = None,
+    binary_mask: bool = True,
 ) -> Dataset:
     """A ready MONAI dataset of ``split`` from ``dataset_dir`` (see :func:`list_items`).
 
@@ -303,7 +325,8 @@ def make_dataset(
             "beside '<name>.png'; datalists: a 'label' path per entry)."
         )
     xform = preprocessing(
-        info["kind"], items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size
+        info["kind"], items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size,
+        binary_mask,
     )
     if cache:
         ds = CheckedCacheDataset(items, xform, skip_bad=skip_unreadable, num_workers=num_workers or None)
