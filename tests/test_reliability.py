@@ -180,6 +180,13 @@ def test_size_not_divisible_is_padded_and_cropped_back(tmp_path: Path) -> None:
     assert recon.shape == (1, 1, 22, 13) and mu.shape == (1, 1, 6, 4)  # ceil(22/4), ceil(13/4)
 
 
+def test_mixed_sizes_warn_before_batching(tmp_path: Path) -> None:
+    root = class_folder(tmp_path, {"a.png": lambda p: write_png(p, (16, 16)), "b.png": lambda p: write_png(p, (16, 20))})
+    with pytest.warns(UserWarning, match="2 different shapes.*a.png.*b.png.*--spatial_size"):
+        make_dataset(root, "all")
+    assert make_dataset(root, "all", spatial_size=(16, 16))[1]["image"].shape == (1, 16, 16)  # the fix
+
+
 # row: an empty dataset folder
 def test_empty_dataset_folder(tmp_path: Path) -> None:
     with refused("no images", str(tmp_path)):
