@@ -128,6 +128,18 @@ def test_opt_in_skip_of_unreadable_images_warns_with_count(tmp_path: Path) -> No
     assert sorted(Path(item["image"]).name for item, _ in ds.skipped) == ["empty.png", "trunc.png"]
 
 
+@pytest.mark.slow
+def test_opt_in_skip_in_bundle_training(tmp_path: Path) -> None:
+    files = {f"{i:02d}.png": write_png for i in range(10)} | {"05.png": lambda p: truncate(write_png(p))}
+    root = class_folder(tmp_path / "data", files | {"notes.txt": lambda p: p.write_text("x")})
+    args = ("--dataset_dir", str(root), "--max_epochs", "1", "--batch_size", "2", "--output_dir", str(tmp_path / "out"))
+    proc = run_bundle("training", "bundle/configs/train.yaml", *args, check=False)
+    assert proc.returncode != 0 and "InputError: " in proc.stdout and "notes.txt: not an image file" in proc.stdout
+    proc = run_bundle("training", "bundle/configs/train.yaml", *args, "--skip_unreadable", "true")
+    assert f"skipped: {root / 'a' / '05.png'}: cannot be read as an image" in proc.stdout
+    assert (tmp_path / "out" / "model.pt").is_file()
+
+
 def test_opt_in_skip_with_every_file_bad_is_an_error(tmp_path: Path) -> None:
     root = class_folder(tmp_path, {"a.png": lambda p: p.write_bytes(b""), "b.png": lambda p: p.write_bytes(b"")})
     with refused("all 2 item\\(s\\) were refused"):

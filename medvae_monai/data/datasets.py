@@ -284,7 +284,11 @@ def preprocessing_for(
 ) -> Compose:
     """:func:`preprocessing` for the source that ``dataset_dir`` names (used by the bundle configs)."""
     kind = source_kind(dataset_dir)
-    items = [] if kind in ("phantom", "medmnist") else list_items(dataset_dir, "all", spatial_dims, max_items=1)[0]
+    items: list[dict] = []
+    if kind not in ("phantom", "medmnist"):
+        with warnings.catch_warnings():  # one item tells pictures from volumes; the real listing reports stray files
+            warnings.simplefilter("ignore")
+            items = list_items(dataset_dir, "all", spatial_dims, skip_unreadable=True, max_items=1)[0]
     return preprocessing(
         kind, items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size, binary_mask
     )
