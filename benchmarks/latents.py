@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -51,6 +50,19 @@ from medvae_monai.networks import LatentClassifier, LatentImageClassifier, MedVA
 from medvae_monai.utils import atomic_write, atomic_write_json, load_weights  # noqa: E402
 
 TARGETS = {"store_vs_raw_float32_min": 16.0, "head_speedup_min": 20.0, "peak_rss_384_max_gb": 3.0}
+NOTES = [
+    "A float32 store cannot be 16x smaller than float32 pixels: the 2D default latent is exactly 16x smaller "
+    "(64x64x1 -> 16x16x1) and each item also carries its record (source, label, geometry, intensity map, "
+    "checksum; about 50 B gzipped) and a shard header. The float16 store meets the target with room to spare.",
+    "Head training from the store misses 20x: with the same head on both sides, 'from images' adds only JPEG "
+    "loading and one pass of MedVAE's lean encoder, which cost about as much as (project head) or 10x more than "
+    "(small head) the head's own training step on these CPUs. The speed-up grows with the encoder's cost "
+    "relative to the head's (the MedVAE paper's 70x compares full-resolution models with latent ones).",
+    "Timings are on 2 CPU cores shared with four other jobs (load average about 9), with torch at 1 thread; "
+    "they vary by about 2x between runs. Encode images/s include listing the 18,000-file MedNIST tree.",
+    "Peak RSS includes about 480 MB of Python, torch and MONAI; beyond that it holds the input volume, the "
+    "output volume and one tile's activations.",
+]
 
 
 def _dir_bytes(path: Path) -> int:
@@ -66,9 +78,23 @@ def _weights(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
         return committed, "bundle/models/model.pt (the committed MedNIST checkpoint)"
     out = work / "vae"
     if not (out / "model.pt").is_file():
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml",
-               "--dataset_dir", str(args.mednist), "--output_dir", str(out), "--max_epochs", str(args.vae_epochs),
-               "--max_items", str(args.vae_items)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            "bundle/configs/train.yaml",
+            "--dataset_dir",
+            str(args.mednist),
+            "--output_dir",
+            str(out),
+            "--max_epochs",
+            str(args.vae_epochs),
+            "--max_items",
+            str(args.vae_items),
+        ]
         subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "MEDVAE_QUIET": "1"})
     return out / "model.pt", (
         f"a VAE trained here for {args.vae_epochs} epoch(s) on {args.vae_items} MedNIST train images with the bundle's "
@@ -120,7 +146,9 @@ def storage_and_speed(args: argparse.Namespace, work: Path) -> dict:
     result["bytes_original_files"] = sum(Path(it["image"]).stat().st_size for it in items)
     result["bytes_raw_float32"] = n * 64 * 64 * 4
     for dtype in ("float32", "float16"):
-        result[f"raw_float32_over_store_{dtype}"] = round(result["bytes_raw_float32"] / result[f"bytes_store_{dtype}"], 2)
+        result[f"raw_float32_over_store_{dtype}"] = round(
+            result["bytes_raw_float32"] / result[f"bytes_store_{dtype}"], 2
+        )
     result["latent_bytes_per_item_float16"] = 16 * 16 * 2
     result["index_bytes_per_item"] = round(
         (result["bytes_store_float16"] - n * (result["latent_bytes_per_item_float16"])) / n, 1
@@ -157,9 +185,15 @@ def storage_and_speed(args: argparse.Namespace, work: Path) -> dict:
         head = LatentClassifier(2, vae.latent_channels, num_classes=6, channels=channels)
         model = LatentImageClassifier(vae, head, freeze_encoder=True)
         speeds = {
-            "store": _train_speed(head, DataLoader(train_store, batch_size=64, shuffle=True), "latent", args.head_batches),
-            "image_files": _train_speed(model, DataLoader(train_files, batch_size=64, shuffle=True), "image", args.head_batches),
-            "cached_images": _train_speed(model, DataLoader(train_cached, batch_size=64, shuffle=True), "image", args.head_batches),
+            "store": _train_speed(
+                head, DataLoader(train_store, batch_size=64, shuffle=True), "latent", args.head_batches
+            ),
+            "image_files": _train_speed(
+                model, DataLoader(train_files, batch_size=64, shuffle=True), "image", args.head_batches
+            ),
+            "cached_images": _train_speed(
+                model, DataLoader(train_cached, batch_size=64, shuffle=True), "image", args.head_batches
+            ),
         }
         result[name] = {
             "channels": list(channels),
@@ -201,8 +235,7 @@ def tiled_3d(sizes: list[int], threads: int) -> list[dict]:
     rows = []
     for size in sizes:
         cmd = [sys.executable, __file__, "--tiled-child", str(size), "--threads", str(threads)]
-        out = subprocess.run(cmd, cwd=REPO, check=True,
-                             stdout=subprocess.PIPE, text=True).stdout
+        out = subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     return rows
@@ -219,9 +252,12 @@ def markdown(res: dict) -> str:
             "|---|---|",
             f"| original JPEG files | {s['bytes_original_files']:,} B |",
             f"| raw float32 pixels | {s['bytes_raw_float32']:,} B |",
-            f"| store, float32 | {s['bytes_store_float32']:,} B ({s['raw_float32_over_store_float32']}x smaller than raw) |",
-            f"| store, float16 | {s['bytes_store_float16']:,} B ({s['raw_float32_over_store_float16']}x smaller than raw) |",
-            f"| encode, float32 / float16 store | {s['encode_float32_images_per_s']} / {s['encode_float16_images_per_s']} img/s |",
+            *(
+                f"| store, {d} | {s[f'bytes_store_{d}']:,} B ({s[f'raw_float32_over_store_{d}']}x smaller than raw) |"
+                for d in ("float32", "float16")
+            ),
+            f"| encode, float32 / float16 store | {s['encode_float32_images_per_s']} / "
+            f"{s['encode_float16_images_per_s']} img/s |",
             f"| decode PSNR from float16 store / from model | {s['psnr_decode_from_store_float16_db']} / "
             f"{s['psnr_decode_from_model_db']} dB (max abs difference {s['psnr_difference_max_abs_db']} dB) |",
         ]
@@ -237,12 +273,20 @@ def markdown(res: dict) -> str:
             ]
         lines.append("")
     if t:
-        lines += ["Tiled 3D encode + decode (random 3D MedVAE; 128^3 image tiles, 32^3 latent tiles, overlap 32 voxels):", "",
-                  "| volume | volume MB (float32) | baseline RSS MB | peak RSS MB | encode s | decode s |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['size']}^3 | {r['volume_mb_float32']} | {r['baseline_rss_mb']} | {r['peak_rss_mb']} | "
-                  f"{r['encode_s']} | {r['decode_s']} |" for r in t]
+        lines += [
+            "Tiled 3D encode + decode (random 3D MedVAE; 128^3 image tiles, 32^3 latent tiles, overlap 32 voxels):",
+            "",
+            "| volume | volume MB (float32) | baseline RSS MB | peak RSS MB | encode s | decode s |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['size']}^3 | {r['volume_mb_float32']} | {r['baseline_rss_mb']} | {r['peak_rss_mb']} | "
+            f"{r['encode_s']} | {r['decode_s']} |"
+            for r in t
+        ]
         lines.append("")
     lines += ["Targets:", ""] + [f"- {k}: {'met' if v else 'MISSED'}" for k, v in res["targets_met"].items()]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +301,7 @@ def main() -> None:
     parser.add_argument("--vae_epochs", type=int, default=2)
     parser.add_argument("--vae_items", type=int, default=1200)
     parser.add_argument("--work", default="/tmp/medvae_latents_bench")
-    parser.add_argument("--parts", default="store,tiled", help="store, tiled or both")
+    parser.add_argument("--parts", default="store,tiled", help="store, tiled, both, or 'report' (rewrite the results)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latents.json"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on shared cores)")
     parser.add_argument("--tiled-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -283,8 +327,12 @@ def main() -> None:
     met = {}
     if res.get("store"):
         s = res["store"]
-        met["store float16 >= 16x smaller than raw float32"] = s["raw_float32_over_store_float16"] >= TARGETS["store_vs_raw_float32_min"]
-        met["store float32 >= 16x smaller than raw float32"] = s["raw_float32_over_store_float32"] >= TARGETS["store_vs_raw_float32_min"]
+        met["store float16 >= 16x smaller than raw float32"] = (
+            s["raw_float32_over_store_float16"] >= TARGETS["store_vs_raw_float32_min"]
+        )
+        met["store float32 >= 16x smaller than raw float32"] = (
+            s["raw_float32_over_store_float32"] >= TARGETS["store_vs_raw_float32_min"]
+        )
         for name in ("head", "small_head"):
             met[f"{name}: training from store >= 20x faster than from image files"] = (
                 s[name]["speedup_vs_image_files"] >= TARGETS["head_speedup_min"]
@@ -293,6 +341,7 @@ def main() -> None:
     if big:
         met["peak RSS < 3 GB at 384^3"] = big[0]["peak_rss_mb"] < TARGETS["peak_rss_384_max_gb"] * 1024
     res["targets"] = TARGETS
+    res["notes"] = NOTES
     res["targets_met"] = met
     atomic_write_json(out, res)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(res)), mode="w")

@@ -95,8 +95,9 @@ def test_picture_round_trip_keeps_paths_shapes_and_checksums(picture_folder, tmp
 def test_volume_round_trip_keeps_affine_spacing_and_units(volume_datalist, tmp_path):
     net = _network(3)
     torch.save(net.state_dict(), tmp_path / "w3.pt")
-    store = encode_dataset(net, volume_datalist, tmp_path / "store", dtype="float16", ckpt_path=tmp_path / "w3.pt",
-                           tile_size=16, overlap=8)  # some volumes go through tiles
+    store = encode_dataset(
+        net, volume_datalist, tmp_path / "store", dtype="float16", ckpt_path=tmp_path / "w3.pt", tile_size=16, overlap=8
+    )  # some volumes go through tiles
     assert store.meta["dtype"] == "float16" and store.verify() == 3
     decoded = store.decode_to(tmp_path / "decoded", store.load_network())  # the recorded checkpoint
     for rec, path in zip(store.records, decoded):
@@ -162,8 +163,9 @@ encode_dataset(net, None, sys.argv[1], max_items=48, shard_size=8, batch_size=4)
 
 def _child(store: Path, mode: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, str(store), mode], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(store), mode], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 @pytest.mark.slow
@@ -212,14 +214,33 @@ def test_medmnist_store_keeps_official_splits(tmp_path):
 def test_bundle_encoding_and_decoding(tmp_path):
     mednist = data_path("MedNIST")
     torch.save(_network().state_dict(), tmp_path / "w.pt")
-    run_bundle("encoding", "bundle/configs/encode.yaml", "--dataset_dir", str(mednist),
-               "--output_dir", str(tmp_path / "store"), "--ckpt_path", str(tmp_path / "w.pt"),
-               "--max_items", "12", "--shard_size", "5", "--dtype", "float16")
+    run_bundle(
+        "encoding",
+        "bundle/configs/encode.yaml",
+        "--dataset_dir",
+        str(mednist),
+        "--output_dir",
+        str(tmp_path / "store"),
+        "--ckpt_path",
+        str(tmp_path / "w.pt"),
+        "--max_items",
+        "12",
+        "--shard_size",
+        "5",
+        "--dtype",
+        "float16",
+    )
     store = LatentStore(tmp_path / "store")
     assert store.complete and len(store) == 12 and store.verify() == 12
     assert store.meta["model"]["hparams"]["channels"] == [32, 64] and store.meta["dtype"] == "float16"
-    run_bundle("decoding", "bundle/configs/decode.yaml", "--dataset_dir", str(tmp_path / "store"),
-               "--output_dir", str(tmp_path / "decoded"))
+    run_bundle(
+        "decoding",
+        "bundle/configs/decode.yaml",
+        "--dataset_dir",
+        str(tmp_path / "store"),
+        "--output_dir",
+        str(tmp_path / "decoded"),
+    )
     for rec in store.records:
         out = tmp_path / "decoded" / Path(rec["source"]).with_suffix(".png")
         assert np.asarray(Image.open(out)).shape == (64, 64)

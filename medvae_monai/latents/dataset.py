@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
@@ -31,7 +30,9 @@ class LatentDataset(Dataset):
         "mask": (1, *S) (with ``with_mask``), "source": str, "index": int}``.
     """
 
-    def __init__(self, store: LatentStore | str | os.PathLike, split: str | None = None, with_mask: bool = False) -> None:
+    def __init__(
+        self, store: LatentStore | str | os.PathLike, split: str | None = None, with_mask: bool = False
+    ) -> None:
         self.store = store if isinstance(store, LatentStore) else LatentStore(store)
         self.indices = [i for i, r in enumerate(self.store.records) if split is None or r.get("split") == split]
         if not self.indices:

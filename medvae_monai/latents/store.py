@@ -105,7 +105,13 @@ class RecordIntensityd(MapTransform):
             a_min, a_max = float(percentile(img, s.lower)), float(percentile(img, s.upper))
         else:
             a_min, a_max = float(s.a_min), float(s.a_max)
-        d["intensity"] = {"a_min": a_min, "a_max": a_max, "b_min": float(s.b_min), "b_max": float(s.b_max), "clip": bool(s.clip)}
+        d["intensity"] = {
+            "a_min": a_min,
+            "a_max": a_max,
+            "b_min": float(s.b_min),
+            "b_max": float(s.b_max),
+            "clip": bool(s.clip),
+        }
         return d
 
 
@@ -171,7 +177,9 @@ def _batches(items: Sequence[dict], transforms: list, batch_size: int) -> Iterat
 
 
 @torch.no_grad()
-def _encode_batch(network: MedVAE, images: torch.Tensor, device: torch.device, tile_size: int | None, overlap: int) -> np.ndarray:
+def _encode_batch(
+    network: MedVAE, images: torch.Tensor, device: torch.device, tile_size: int | None, overlap: int
+) -> np.ndarray:
     if tile_size is not None and max(images.shape[2:]) > tile_size:
         return tiled_encode(network, images, tile_size, overlap, device).numpy()
     return network.encode(images.to(device))[0].float().cpu().numpy()
@@ -286,7 +294,9 @@ def encode_dataset(
         chunk = items[k * shard_size : (k + 1) * shard_size]
         records, arrays, offset = [], [], 0
         for batch in _batches(chunk, transforms, batch_size):
-            images = torch.stack([convert_to_tensor(d["image"], dtype=torch.float32, track_meta=False) for _, d in batch])
+            images = torch.stack(
+                [convert_to_tensor(d["image"], dtype=torch.float32, track_meta=False) for _, d in batch]
+            )
             latents = _encode_batch(network, images, device, tile_size, overlap).astype(np_dtype)
             for (item, d), z in zip(batch, latents):
                 z = np.ascontiguousarray(z)
@@ -296,7 +306,9 @@ def encode_dataset(
         data = np.concatenate(arrays)
         atomic_write(npy, lambda fh: np.save(fh, data, allow_pickle=False))
         shard_meta = {"shard": npy.name, "sha256": _sha256_file(npy), "items": records}
-        atomic_write(manifest, lambda fh: fh.write(gzip.compress(json.dumps(shard_meta, sort_keys=True).encode(), mtime=0)))
+        atomic_write(
+            manifest, lambda fh: fh.write(gzip.compress(json.dumps(shard_meta, sort_keys=True).encode(), mtime=0))
+        )
         logger.info("latent store %s: shard %d/%d written (%d items)", out, k + 1, meta["num_shards"], len(records))
     return LatentStore(out)
 
@@ -432,7 +444,9 @@ class LatentStore:
         """
         ckpt = ckpt_path or self.meta.get("ckpt_path")
         if not ckpt:
-            raise InputError(f"{self.path}: the store records no checkpoint; pass the encoding weights with --ckpt_path.")
+            raise InputError(
+                f"{self.path}: the store records no checkpoint; pass the encoding weights with --ckpt_path."
+            )
         network = load_weights(MedVAE(**self.meta["model"]["hparams"]), ckpt).to(device).eval()
         want = self.meta["model"]["weights_sha256"]
         if weights_sha256(network) != want:
@@ -454,7 +468,9 @@ class LatentStore:
         else:
             x = network.decode(z.to(device), spatial_size=rec["shape"])[0].float().cpu()
         x = _invert_intensity(x, rec["intensity"])
-        return MetaTensor(x, affine=torch.tensor(rec["affine"], dtype=torch.float64), meta={"filename_or_obj": rec["source"]})
+        return MetaTensor(
+            x, affine=torch.tensor(rec["affine"], dtype=torch.float64), meta={"filename_or_obj": rec["source"]}
+        )
 
     def output_path(self, index: int) -> Path:
         """Relative path of item ``index``'s decoded file: its source path with ``.png`` or ``.nii.gz``."""
