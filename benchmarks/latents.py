@@ -55,11 +55,11 @@ NOTES = [
     "(64x64x1 -> 16x16x1) and each item also carries its record (source, label, geometry, intensity map, "
     "checksum; about 50 B gzipped) and a shard header. The float16 store meets the target with room to spare.",
     "Head training from the store misses 20x: with the same head on both sides, 'from images' adds only JPEG "
-    "loading and one pass of MedVAE's lean encoder, which cost about as much as (project head) or 10x more than "
-    "(small head) the head's own training step on these CPUs. The speed-up grows with the encoder's cost "
+    "loading and one pass of MedVAE's lean encoder, which cost about half (project head) or 9x (small head) "
+    "the head's own training step on these CPUs. The speed-up grows with the encoder's cost "
     "relative to the head's (the MedVAE paper's 70x compares full-resolution models with latent ones).",
     "Timings are on 2 CPU cores shared with four other jobs (load average about 9), with torch at 1 thread; "
-    "they vary by about 2x between runs. Encode images/s include listing the 18,000-file MedNIST tree.",
+    "they vary by 2x or more between runs (the 256^3 tiles ran while the tests ran too). Encode images/s include listing the 18,000-file MedNIST tree.",
     "Peak RSS includes about 480 MB of Python, torch and MONAI; beyond that it holds the input volume, the "
     "output volume and one tile's activations.",
 ]
