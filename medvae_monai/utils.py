@@ -97,7 +97,8 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location
         state = state["network"]  # a full training checkpoint (last.pt)
     if not isinstance(state, dict):
         raise InputError(
-            f"{path}: holds a {type(state).__name__}, not a state dict; save it with torch.save(model.state_dict(), path)."
+            f"{path}: holds a {type(state).__name__}, not a state dict; "
+            "save it with torch.save(model.state_dict(), path)."
         )
     try:
         network.load_state_dict(state)

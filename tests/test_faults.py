@@ -77,7 +77,7 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(uninterrupte
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.02)
         time.sleep(delay)
-        assert proc.poll() is None, f"training finished within {delay:.2f} s of its first checkpoint; kill came too late"
+        assert proc.poll() is None, f"training ended within {delay:.2f} s of its first checkpoint: kill came too late"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

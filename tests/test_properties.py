@@ -117,7 +117,9 @@ def test_preprocessing_keeps_shape_and_geometry(img: MetaTensor, data) -> None:
     assert checked is out
 
 
-TINY = {sd: {f: MedVAE(sd, 1, channels=(4,) * int(math.log2(f)), downsample_factor=f).eval() for f in (2, 4)} for sd in (2, 3)}
+TINY = {  # tiny MedVAEs by spatial_dims and downsampling factor
+    sd: {f: MedVAE(sd, 1, channels=(4,) * int(math.log2(f)), downsample_factor=f).eval() for f in (2, 4)} for sd in (2, 3)
+}
 
 
 @settings(SETTINGS, max_examples=12)
@@ -244,5 +246,5 @@ def test_intact_files_load(tmp_path: Path) -> None:
     """A control for the fuzzers: the intact files load."""
     for suffix, content in FILES.items():
         (tmp_path / f"ok{suffix}").write_bytes(content)
-        img = LoadImageCheckedd("image", image_only=True, ensure_channel_first=True)({"image": str(tmp_path / f"ok{suffix}")})
-        assert img["image"].shape[0] == 1
+        load = LoadImageCheckedd("image", image_only=True, ensure_channel_first=True)
+        assert load({"image": str(tmp_path / f"ok{suffix}")})["image"].shape[0] == 1

@@ -101,7 +101,8 @@ def test_truncated_file(tmp_path: Path, suffix: str) -> None:
 
 @pytest.mark.parametrize("suffix", [".png", ".nii.gz", ".dcm"])
 def test_corrupt_file_random_content(tmp_path: Path, suffix: str) -> None:
-    root = class_folder(tmp_path, {f"x{suffix}": lambda p: p.write_bytes(RNG.integers(0, 256, 2048, np.uint8).tobytes())})
+    noise = RNG.integers(0, 256, 2048, np.uint8).tobytes()
+    root = class_folder(tmp_path, {f"x{suffix}": lambda p: p.write_bytes(noise)})
     with refused("cannot be read as an image", f"x{suffix}"):
         make_dataset(root, "all", spatial_dims=WRITERS[suffix][1])
 
@@ -193,7 +194,8 @@ def test_size_not_divisible_is_padded_and_cropped_back(tmp_path: Path) -> None:
 
 
 def test_mixed_sizes_warn_before_batching(tmp_path: Path) -> None:
-    root = class_folder(tmp_path, {"a.png": lambda p: write_png(p, (16, 16)), "b.png": lambda p: write_png(p, (16, 20))})
+    files = {"a.png": lambda p: write_png(p, (16, 16)), "b.png": lambda p: write_png(p, (16, 20))}
+    root = class_folder(tmp_path, files)
     with pytest.warns(UserWarning, match="2 different shapes.*a.png.*b.png.*--spatial_size"):
         make_dataset(root, "all")
     assert make_dataset(root, "all", spatial_size=(16, 16))[1]["image"].shape == (1, 16, 16)  # the fix
@@ -250,7 +252,8 @@ def test_mask_affine_differs(tmp_path: Path) -> None:
     (tmp_path / "labelsTr").mkdir()
     write_nifti(tmp_path / "imagesTr" / "a.nii.gz")
     write_nifti(tmp_path / "labelsTr" / "a.nii.gz", np.ones((12, 12, 12), np.uint8), np.diag([1.0, 1.0, 2.0, 1.0]))
-    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}]}))
+    entry = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [entry]}))
     with refused("affines differ.*Resample the mask", "imagesTr/a.nii.gz", "labelsTr/a.nii.gz"):
         make_dataset(tmp_path, "all", spatial_dims=3, with_mask=True)
     write_nifti(tmp_path / "labelsTr" / "a.nii.gz", np.ones((12, 12, 12), np.uint8))  # same grid: accepted
@@ -293,7 +296,8 @@ def test_datalist_not_json(tmp_path: Path) -> None:
 def test_misspelled_override_is_one_readable_error() -> None:
     proc = run_bundle("training", "bundle/configs/train.yaml", "--max_epoch", "1", check=False)
     assert proc.returncode != 0
-    assert "InputError: unknown config override --max_epoch" in proc.stdout and "Did you mean --max_epochs" in proc.stdout
+    assert "InputError: unknown config override --max_epoch" in proc.stdout
+    assert "Did you mean --max_epochs" in proc.stdout
     assert "Traceback" not in proc.stdout  # one message, not MONAI's wrapped traceback chain
 
 
@@ -358,7 +362,8 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
 def test_unwritable_output_folder_in_bundle_run(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("x")
     out = tmp_path / "a_file" / "out"
-    proc = run_bundle("training", "bundle/configs/train.yaml", "--output_dir", str(out), "--max_items", "8", check=False)
+    args = ("--output_dir", str(out), "--max_items", "8")
+    proc = run_bundle("training", "bundle/configs/train.yaml", *args, check=False)
     assert proc.returncode != 0
     assert f"InputError: output folder '{out}' is not writable" in proc.stdout and "Traceback" not in proc.stdout
 
@@ -367,13 +372,16 @@ def test_files_are_written_with_normal_permissions(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "m.json", {"a": 1})
     umask = os.umask(0o022)
     os.umask(umask)
-    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: others can read model.pt
+    # not mkstemp's 0600: others can read model.pt
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # security: every weights load is weights_only, and the bundle's `$` expressions stay minimal
 # (docs/security.md). These scan the repository, so a new unsafe load or expression fails CI.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PY_SOURCES = [p for d in ("medvae_monai", "bundle", "benchmarks", "tests", "scripts") for p in sorted((REPO_ROOT / d).rglob("*.py"))]
+PY_SOURCES = [
+    p for d in ("medvae_monai", "bundle", "benchmarks", "tests", "scripts") for p in sorted((REPO_ROOT / d).rglob("*.py"))
+]
 
 
 def _kwarg(call: ast.Call, name: str) -> object:
@@ -398,11 +406,15 @@ def test_every_torch_load_is_weights_only() -> None:
 
 
 # what `$` expressions may use: references (@id), the config's imports, and harmless builtins
-ALLOWED_NAMES = {"_ref", "medvae_monai", "monai", "torch", "numpy", "os", "dist", "Events", "len", "range", "min", "max",
-                 "int", "float", "str", "bool", "list", "tuple", "dict", "sorted", "isinstance"}
+ALLOWED_NAMES = {
+    "_ref", "medvae_monai", "monai", "torch", "numpy", "os", "dist", "Events",
+    "len", "range", "min", "max", "int", "float", "str", "bool", "list", "tuple", "dict", "sorted", "isinstance",
+}
 ALLOWED_IMPORTS = ("os", "torch", "numpy", "monai", "medvae_monai", "ignite")
-FORBIDDEN_ATTRS = {"system", "popen", "spawnl", "execv", "execl", "remove", "unlink", "rmtree", "rmdir", "load", "loads",
-                   "__import__", "__class__", "__globals__", "__subclasses__", "__builtins__"}
+FORBIDDEN_ATTRS = {
+    "system", "popen", "spawnl", "execv", "execl", "remove", "unlink", "rmtree", "rmdir", "load", "loads",
+    "__import__", "__class__", "__globals__", "__subclasses__", "__builtins__",
+}
 
 
 def bundle_expressions() -> list[tuple[str, str]]:

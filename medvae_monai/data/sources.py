@@ -207,7 +207,8 @@ def datalist_items(path: str | os.PathLike, section: str = "training") -> list[d
             e = {"image": e}
         if not isinstance(e, dict) or "image" not in e:
             raise InputError(f"{p}: entry {i} of '{section}' has no 'image' key (got {e!r}); each entry needs 'image'.")
-        bad = [k for k in ("image", "label") if k in e and not isinstance(e[k], (str, int, float) if k == "label" else str)]
+        types = {"image": str, "label": (str, int, float)}
+        bad = [k for k, t in types.items() if k in e and not isinstance(e[k], t)]
         if bad:
             raise InputError(
                 f"{p}: entry {i} of '{section}': '{bad[0]}' must be a file path"

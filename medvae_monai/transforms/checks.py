@@ -117,7 +117,8 @@ class CheckImageMaskd(MapTransform):
                 )
             a_img, a_mask = getattr(img, "affine", None), getattr(mask, "affine", None)
             if a_img is not None and a_mask is not None:
-                a_img, a_mask = torch.as_tensor(a_img, dtype=torch.float64), torch.as_tensor(a_mask, dtype=torch.float64)
+                a_img = torch.as_tensor(a_img, dtype=torch.float64)
+                a_mask = torch.as_tensor(a_mask, dtype=torch.float64)
                 if not torch.allclose(a_img, a_mask, rtol=0.0, atol=self.atol):
                     raise InputError(
                         f"{where}: affines differ (image {a_img.tolist()}, mask {a_mask.tolist()}), so they are not "
