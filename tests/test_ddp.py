@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from medvae_monai.networks import VAEReconstruction
 from medvae_monai.utils import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"
-RANK_LINE = re.compile(r"rank (\d) of (\d): trained (\d+) iterations in (\d+) epochs on (\d+) items; weight checksum (\S+)")
+RANK_LINE = re.compile(
+    r"rank (\d) of (\d): trained (\d+) iterations in (\d+) epochs on (\d+) items; weight checksum (\S+)"
+)
 
 
 @pytest.mark.slow
@@ -29,8 +32,16 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         "--max_epochs", "1", "--max_items", "16", "--batch_size", "4", "--output_dir", str(out),
     ]  # fmt: skip
     # CUDA_VISIBLE_DEVICES="": the CPU/gloo path even on a machine with GPUs
-    env = {**os.environ, "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "MEDVAE_QUIET": "1",
+        "PYTHONWARNINGS": "ignore",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        cmd, check=False, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
 
     # both ranks trained on their own half of the 16 training items, and DDP kept their weights equal
@@ -58,3 +69,30 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert int(last["trainer"]["iteration"]) == 2  # rank 0's state after its 2 iterations
     assert not any(k.startswith("module.") for k in last["network"])
+
+
+def test_rank0_only_handlers_are_the_logging_ones() -> None:
+    """multi_gpu_train.yaml disables train.yaml's handlers by index on ranks > 0: keep those in step."""
+    train = yaml.safe_load((REPO / "bundle/configs/train.yaml").read_text())
+    multi = yaml.safe_load((REPO / "bundle/configs/multi_gpu_train.yaml").read_text())
+    disabled = {}
+    for key in multi:
+        if key.endswith("#_disabled_") and "#handlers#" in key:
+            section, _, index, _ = key.split("#")
+            disabled[key] = train[section]["handlers"][int(index)]["_target_"].rsplit(".", 1)[-1]
+    assert sorted(disabled.values()) == sorted(
+        [
+            "StatsHandler",
+            "TensorBoardStatsHandler",
+            "ProgressBar",
+            "StatsHandler",
+            "TensorBoardStatsHandler",
+            "ReconstructionGrid",
+        ]
+    )
+    # every handler that writes files or logs is covered
+    writers = {"StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "ReconstructionGrid"}
+    for section in ("train", "validate"):
+        for i, handler in enumerate(train[section]["handlers"]):
+            if handler["_target_"].rsplit(".", 1)[-1] in writers:
+                assert f"{section}#handlers#{i}#_disabled_" in multi

@@ -104,7 +104,9 @@ def test_monailabel_server_segments_a_study(studies_and_checkpoint: tuple[Path, 
         info = None
         while info is None:
             assert server.poll() is None, f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no /info/ in {STARTUP_S} s: {(tmp_path / 'server.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"no /info/ in {STARTUP_S} s: {(tmp_path / 'server.log').read_text()[-3000:]}"
+            )
             try:
                 info = _get(f"{base}/info/")
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -113,7 +115,9 @@ def test_monailabel_server_segments_a_study(studies_and_checkpoint: tuple[Path, 
         assert model["type"] == "segmentation"
         assert model["labels"] == {"lesion": 1}
 
-        request = urllib.request.Request(f"{base}/infer/medvae_segmentation?image={study}&output=image", data=b"", method="POST")
+        request = urllib.request.Request(
+            f"{base}/infer/medvae_segmentation?image={study}&output=image", data=b"", method="POST"
+        )
         with urllib.request.urlopen(request, timeout=120) as r:
             returned = tmp_path / "returned.nii.gz"
             returned.write_bytes(r.read())

@@ -65,12 +65,19 @@ def test_necessary_files() -> None:
         assert (BUNDLE / rel).is_file(), f"bundle/{rel} is missing"
     # weights: committed, or listed in large_files.yml for download
     if not (BUNDLE / "models" / "model.pt").is_file():
-        assert (BUNDLE / "large_files.yml").is_file(), "commit bundle/models/model.pt or list it in bundle/large_files.yml"
+        assert (BUNDLE / "large_files.yml").is_file(), (
+            "commit bundle/models/model.pt or list it in bundle/large_files.yml"
+        )
         large = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
         assert "models/model.pt" in [f["path"] for f in large["large_files"]]
     readme = (BUNDLE / "docs" / "README.md").read_text()
     sections = ["### **Authors**", "### **Tags**", "## **Model Description**", "## **Data**", "## **Performance**"]
-    sections += ["## **System Configuration**", "## **Limitations**", "## MONAI Bundle Commands", "## Pretrained checkpoint"]
+    sections += [
+        "## **System Configuration**",
+        "## **Limitations**",
+        "## MONAI Bundle Commands",
+        "## Pretrained checkpoint",
+    ]
     for section in sections:
         assert section in readme, f"docs/README.md lacks the zoo section {section!r}"
 
@@ -103,7 +110,9 @@ def test_verify_net_in_out(config: str, tmp_path: Path) -> None:
     if config != "inference.yaml":  # a head: the VAE's input, the head's output channels
         net, _, _ = network_and_weights(config, tmp_path)
         overrides["_meta_#network_data_format"] = head_data_format(net, json.loads(Path(META).read_text()))
-    verify_net_in_out(net_id="network_def", meta_file=META, config_file=f"bundle/configs/{config}", device="cpu", **overrides)
+    verify_net_in_out(
+        net_id="network_def", meta_file=META, config_file=f"bundle/configs/{config}", device="cpu", **overrides
+    )
 
 
 @pytest.mark.parametrize("config", NETWORKS)
@@ -113,7 +122,14 @@ def test_ckpt_export_torchscript(config: str, tmp_path: Path) -> None:
     net, ckpt, scriptable = network_and_weights(config, tmp_path)
     ts_path = tmp_path / "model.ts"
     trace = {} if scriptable else {"use_trace": True, "input_shape": [1, 1, 64, 64]}
-    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ckpt), meta_file=META, config_file=f"bundle/configs/{config}", **trace)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(ckpt),
+        meta_file=META,
+        config_file=f"bundle/configs/{config}",
+        **trace,
+    )
     extra = {"metadata.json": "", Path(config).stem + ".json": ""}
     ts = torch.jit.load(str(ts_path), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.loads(Path(META).read_text())["version"]
