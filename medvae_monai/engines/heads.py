@@ -157,11 +157,16 @@ class ClassificationLoss(nn.Module):
 
 
 class SegmentationLoss(DiceCELoss):
-    """Dice + cross-entropy on logits ``(B, K, *S)`` against a label map ``(B, 1, *S)`` (MONAI ``DiceCELoss``)."""
+    """Dice + cross-entropy on logits ``(B, K, *S)`` against a label map ``(B, 1, *S)`` (MONAI ``DiceCELoss``).
+
+    The Dice term leaves out the background: small lesions would otherwise be outweighed by the
+    background's near-perfect Dice, and an all-background prediction is a stable early optimum.
+    """
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("to_onehot_y", True)
         kwargs.setdefault("softmax", True)
+        kwargs.setdefault("include_background", False)
         super().__init__(**kwargs)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,367 @@
+"""Diagnostic tasks from VAE latents against full-resolution baselines, on real data, in one harness.
+
+For each task it trains, on the task's training split only, with the same time budget each:
+
+1. a task VAE, without labels (``--vae_minutes``), whose latents the heads read;
+2. ``latent_frozen``: a head on the frozen VAE's posterior, cached in memory (one encoder pass per
+   image), trained on posterior samples;
+3. ``latent_finetuned``: the same head and encoder fine-tuned end to end from (2), with the VAE's
+   ELBO as a reconstruction term;
+4. ``baseline``: a full-resolution network: MONAI ResNet-18 (classification; the MedMNIST
+   "ResNet-18 (28)" stem at 28x28) or MONAI UNet (segmentation).
+
+Then it reports the test metric (AUROC and accuracy, or Dice and HD95), training and inference
+images per second, parameters and wall time, and checks the issue's targets. Usage::
+
+    python benchmarks/tasks.py --tasks breastmnist,pneumoniamnist --out benchmarks/results/tasks.json --minutes 1.5
+
+Tasks: breastmnist, pneumoniamnist, busi_cls, busi_seg, mednist, hippocampus, and lungct_phantom
+(3D CT phantoms, normal/cyst/tumour, as the stand-in for the lung-CT task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.networks.nets import UNet, resnet18
+from monai.utils import set_determinism
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from medvae_monai.data import CheckedCacheDataset, list_items, preprocessing  # noqa: E402
+from medvae_monai.engines import (  # noqa: E402
+    ClassificationLoss,
+    HeadTrainer,
+    ImageTarget,
+    SegmentationLoss,
+    VAETrainer,
+    cache_latents,
+    class_weights,
+)
+from medvae_monai.handlers import classification_metrics, segmentation_metrics  # noqa: E402
+from medvae_monai.losses import ELBOLoss  # noqa: E402
+from medvae_monai.networks import (  # noqa: E402
+    LatentClassifier,
+    LatentImageClassifier,
+    LatentImageSegmenter,
+    LatentSegmenter,
+    MedVAE,
+)
+from medvae_monai.utils import atomic_write, atomic_write_json  # noqa: E402
+
+# published MedMNIST v2 ResNet-18 (28) test figures (Yang et al., Scientific Data 2023)
+PUBLISHED = {"breastmnist": {"auroc": 0.901, "acc": 0.863}, "pneumoniamnist": {"auroc": 0.944, "acc": 0.854}}
+
+# data: path under the data root (None: embedded phantoms); size: network input size (None: native);
+# max_train: evenly spaced subset of the training split, to fit the CPU budget
+TASKS: dict[str, dict] = {
+    "breastmnist": {"type": "cls", "data": "MedMNIST/breastmnist.npz", "dims": 2, "task": "binary", "names": ["normal/benign", "malignant"]},
+    "pneumoniamnist": {"type": "cls", "data": "MedMNIST/pneumoniamnist.npz", "dims": 2, "task": "binary", "names": ["normal", "pneumonia"]},
+    "busi_cls": {"type": "cls", "data": "BUSI", "dims": 2, "task": "multiclass", "size": [96, 96]},
+    "busi_seg": {"type": "seg", "data": "BUSI", "dims": 2, "size": [96, 96], "labels": ["lesion"]},
+    "mednist": {"type": "cls", "data": "MedNIST", "dims": 2, "task": "multiclass", "max_train": 3000, "max_eval": 1200},
+    "hippocampus": {"type": "seg", "data": "Task04_Hippocampus", "dims": 3, "size": [40, 56, 40], "labels": ["anterior", "posterior"]},
+    "lungct_phantom": {"type": "cls", "data": None, "dims": 3, "task": "multiclass"},
+}
+# lungct_phantom only shows that the 3D CT path runs end to end; a 3D ResNet-18 baseline on 2 CPU
+# cores takes minutes per batch, so it is not in the default set
+DEFAULT_TASKS = [t for t in TASKS if t != "lungct_phantom"]
+LATENT_CHANNELS = 4  # the task VAEs' latent: 16x fewer elements than pixels (factor 4 in 2D)
+TARGETS = {"auroc_gap": 0.01, "dice_gap": 0.03, "train_speedup": 20.0}
+
+
+def load_split(spec: dict, root: Path, split: str, max_items: int | None) -> tuple[list[dict], list[str]]:
+    """Preprocessed items of one split as plain tensors: ``image`` (1, *S) in [0, 1], ``label``/``mask``."""
+    dataset_dir = None if spec["data"] is None else root / spec["data"]
+    items, info = list_items(dataset_dir, split, spec["dims"], max_items=max_items)
+    seg = spec["type"] == "seg"
+    xform = preprocessing(
+        info["kind"], items, spec["dims"], 1, spec.get("size"), with_mask=seg, binary_mask=len(spec.get("labels", [])) < 2
+    )
+    out = []
+    for d in CheckedCacheDataset(items, xform):
+        item = {"image": d["image"].as_tensor().float()}
+        if seg:
+            item["mask"] = torch.as_tensor(d["mask"]).as_subclass(torch.Tensor).float()
+        else:
+            item["label"] = int(d["label"])
+        out.append(item)
+    return out, spec.get("names") or info["class_names"]
+
+
+class Budget:
+    """Stops an ignite engine once ``seconds`` of training have passed; counts images and time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.images = 0
+        self.elapsed = 0.0
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+
+    def _start(self, engine) -> None:
+        self._t0 = time.perf_counter()
+
+    def _step(self, engine) -> None:
+        batch = engine.state.batch
+        self.images += len(next(iter(batch.values())))
+        self.elapsed = time.perf_counter() - self._t0
+        if self.elapsed > self.seconds:
+            engine.terminate()
+
+
+def train(trainer_cls, seconds: float, loader, network, optimizer, loss, **kwargs) -> Budget:
+    budget = Budget(seconds)
+    trainer = trainer_cls(
+        device="cpu", max_epochs=10_000, train_data_loader=loader, network=network, optimizer=optimizer,
+        loss_function=loss, train_handlers=[budget], **kwargs,
+    )
+    trainer.run()
+    return budget
+
+
+def n_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def evaluate(network, spec: dict, test: list[dict], names: list[str], batch_size: int = 64) -> dict:
+    """Test metrics and inference images per second (from images, encoder included)."""
+    network.eval()
+    seg = spec["type"] == "seg"
+    probs, targets = [], []
+    k = len(spec["labels"]) + 1 if seg else len(names)
+    dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="mean_batch")
+    t_net = 0.0
+    for start in range(0, len(test), batch_size):
+        chunk = test[start : start + batch_size]
+        x = torch.stack([d["image"] for d in chunk])
+        t0 = time.perf_counter()
+        out = network(x)
+        t_net += time.perf_counter() - t0
+        if seg:
+            y = torch.stack([d["mask"] for d in chunk]).long()
+            pred = torch.nn.functional.one_hot(out.argmax(1), k).movedim(-1, 1).float()
+            onehot = torch.nn.functional.one_hot(y[:, 0], k).movedim(-1, 1).float()
+            dice(pred, onehot)
+            hd95(pred, onehot)
+        else:
+            probs.append(torch.softmax(out, 1))
+            targets.append(torch.nn.functional.one_hot(torch.tensor([d["label"] for d in chunk]), k).float())
+    if seg:
+        metrics = segmentation_metrics(dice, hd95, spec["labels"])
+    else:
+        metrics = classification_metrics(torch.cat(probs), torch.cat(targets), names)
+    metrics["infer_img_per_s"] = len(test) / t_net
+    return metrics
+
+
+def train_vae(train_items: list[dict], dims: int, seconds: float) -> tuple[MedVAE, dict]:
+    """A task VAE trained without labels on the training images only."""
+    vae = MedVAE(dims, 1, latent_channels=LATENT_CHANNELS)
+    loader = DataLoader([{"image": d["image"]} for d in train_items], batch_size=32, shuffle=True, drop_last=True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    b = train(VAETrainer, seconds, loader, vae, opt, ELBOLoss("l1", beta=1e-4))
+    return vae, {"source": "task VAE trained here without labels on the task's training images",
+                 "latent_channels": LATENT_CHANNELS, "train_s": round(b.elapsed, 1), "images_seen": b.images}
+
+
+def run_task(name: str, root: Path, minutes: float, vae_minutes: float, batch_size: int) -> dict:
+    spec = TASKS[name]
+    seg = spec["type"] == "seg"
+    set_determinism(seed=0)
+    t_load = time.perf_counter()
+    train_items, names = load_split(spec, root, "train", spec.get("max_train"))
+    test_items, _ = load_split(spec, root, "test", spec.get("max_eval"))
+    load_s = time.perf_counter() - t_load
+    dims, seconds = spec["dims"], minutes * 60
+    result: dict = {"dataset": spec["data"] or "embedded 3D CT phantoms", "n_train": len(train_items),
+                    "n_test": len(test_items), "input_size": list(train_items[0]["image"].shape[1:]),
+                    "classes": spec.get("labels") if seg else names, "load_s": round(load_s, 1)}
+    vae, result["vae"] = train_vae(train_items, dims, vae_minutes * 60)
+    key = "mask" if seg else "label"
+    if seg:
+        k = len(spec["labels"]) + 1
+        loss = SegmentationLoss()
+        make_head = lambda: LatentSegmenter(dims, LATENT_CHANNELS, k, 4, skip_channels=vae.hparams["channels"])  # noqa: E731
+        model_cls = LatentImageSegmenter
+    else:
+        k = len(names)
+        loss = ClassificationLoss(spec["task"], class_weights(train_items, k, spec["task"]))
+        make_head = lambda: LatentClassifier(dims, LATENT_CHANNELS, k, spec["task"])  # noqa: E731
+        model_cls = LatentImageClassifier
+    image_loader = DataLoader(train_items, batch_size=batch_size, shuffle=True, drop_last=len(train_items) > batch_size)
+
+    # latent head, frozen encoder; classifiers train on the posterior cached in memory
+    t_wall = time.perf_counter()
+    frozen = model_cls(vae, make_head(), freeze_encoder=True)
+    t0 = time.perf_counter()
+    data = image_loader if seg else DataLoader(cache_latents(frozen, train_items), batch_size=batch_size, shuffle=True)
+    cache_s = time.perf_counter() - t0
+    b = train(HeadTrainer, seconds, data, frozen, torch.optim.AdamW(frozen.head.parameters(), 1e-3), loss, target_key=key)
+    entry = evaluate(frozen, spec, test_items, names)
+    entry.update(train_img_per_s=b.images / b.elapsed, params=n_params(frozen.head), params_inference=n_params(frozen),
+                 train_s=round(b.elapsed, 1), cache_s=round(cache_s, 1), images_seen=b.images,
+                 wall_s=round(time.perf_counter() - t_wall, 1))
+    result["latent_frozen"] = entry
+
+    # the same model fine-tuned end to end from the frozen head, keeping the ELBO as a reconstruction term
+    t_wall = time.perf_counter()
+    tuned = model_cls(vae, frozen.head, freeze_encoder=False)
+    b = train(HeadTrainer, seconds, image_loader, tuned, torch.optim.AdamW(tuned.parameters(), 3e-4), loss,
+              target_key=key, recon_weight=1.0)
+    entry = evaluate(tuned, spec, test_items, names)
+    entry.update(train_img_per_s=b.images / b.elapsed, params=n_params(tuned), params_inference=n_params(tuned.vae.encoder)
+                 + n_params(tuned.vae.to_moments) + n_params(tuned.head), train_s=round(b.elapsed, 1),
+                 images_seen=b.images, init="latent_frozen", recon_weight=1.0, wall_s=round(time.perf_counter() - t_wall, 1))
+    result["latent_finetuned"] = entry
+
+    # full-resolution baseline in the same harness and budget
+    t_wall = time.perf_counter()
+    if seg:
+        base = UNet(dims, 1, k, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
+        arch = "MONAI UNet (16, 32, 64, 128), strides 2, 1 residual unit"
+    else:
+        small = min(result["input_size"]) <= 32  # MedMNIST ResNet-18 (28): 3x3 stem, no max-pool
+        base = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=k,
+                        conv1_t_size=3 if small else 7, conv1_t_stride=1 if small else 2, no_max_pool=small)
+        arch = "MONAI ResNet-18" + (" (28): 3x3 stem, no max-pool" if small else "")
+    b = train(SupervisedTrainer, seconds, image_loader, base, torch.optim.AdamW(base.parameters(), 1e-3), loss,
+              prepare_batch=ImageTarget(target_key=key), decollate=False)
+    entry = evaluate(base, spec, test_items, names)
+    entry.update(train_img_per_s=b.images / b.elapsed, params=n_params(base), train_s=round(b.elapsed, 1),
+                 images_seen=b.images, architecture=arch, wall_s=round(time.perf_counter() - t_wall, 1))
+    result["baseline"] = entry
+    result["targets"] = check_targets(name, result)
+    return result
+
+
+def check_targets(name: str, r: dict) -> dict:
+    """The issue's targets for one task: latent heads within a gap of the baseline, published AUROC,
+    and head training at least 20x the baseline's images per second."""
+    base, out = r["baseline"], {}
+    metric, gap = ("dice", TARGETS["dice_gap"]) if "dice" in base else ("auroc", TARGETS["auroc_gap"])
+    for mode in ("latent_frozen", "latent_finetuned"):
+        m, b = r[mode].get(metric), base.get(metric)
+        out[f"{mode}_{metric}_within_{gap}_of_baseline"] = None if m is None or b is None else bool(m >= b - gap)
+    out["frozen_train_speedup"] = round(r["latent_frozen"]["train_img_per_s"] / base["train_img_per_s"], 1)
+    out["frozen_train_speedup_at_least_20x"] = out["frozen_train_speedup"] >= TARGETS["train_speedup"]
+    if name in PUBLISHED:
+        for mode in ("latent_frozen", "latent_finetuned", "baseline"):
+            a = r[mode].get("auroc")
+            out[f"{mode}_auroc_at_least_published"] = None if a is None else bool(a >= PUBLISHED[name]["auroc"])
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown(results: dict) -> str:
+    """The results table: one row per task and model."""
+    lines = [
+        "# Diagnostic heads on VAE latents vs. full-resolution baselines",
+        "",
+        f"Machine: {results['machine']['note']}. Budget per model: {results['minutes']} min "
+        f"(task VAE: {results['vae_minutes']} min). Command: `{results['command']}`.",
+        "",
+        "| task | model | AUROC | ACC | Dice | HD95 | train img/s | infer img/s | params | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["tasks"].items():
+        if "error" in r:
+            lines.append(f"| {name} | – | {r['error']} | | | | | | | |")
+            continue
+        for mode in ("latent_frozen", "latent_finetuned", "baseline"):
+            e = r[mode]
+            lines.append(
+                f"| {name} | {mode} | {_fmt(e.get('auroc'))} | {_fmt(e.get('acc'))} | {_fmt(e.get('dice'))} | "
+                f"{_fmt(e.get('hd95'), 1)} | {_fmt(e['train_img_per_s'], 1)} | {_fmt(e['infer_img_per_s'], 1)} | "
+                f"{e['params']:,} | {_fmt(e['wall_s'], 0)} |"
+            )
+        if name in PUBLISHED:
+            p = PUBLISHED[name]
+            lines.append(f"| {name} | published ResNet-18 (28) | {p['auroc']} | {p['acc']} | | | | | | |")
+    lines += ["", "Targets per task (from `targets` in the JSON):", ""]
+    for name, r in results["tasks"].items():
+        if "targets" in r:
+            t = ", ".join(f"{k}={v}" for k, v in r["targets"].items())
+            lines.append(f"- **{name}**: {t}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/tasks.json"))
+    p.add_argument("--minutes", type=float, default=1.0, help="training budget per model")
+    p.add_argument("--vae_minutes", type=float, default=1.0, help="training budget of each task VAE")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--data", default=os.environ.get("MEDVAE_DATA", str(REPO.parent / "shared" / "data")))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--merge", action="store_true", help="keep the other tasks already in --out, replace these")
+    args = p.parse_args(argv)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        p.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    results = {
+        "command": "python benchmarks/tasks.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "minutes": args.minutes,
+        "vae_minutes": args.vae_minutes,
+        "published_resnet18_28": PUBLISHED,
+        "targets": TARGETS,
+        "machine": {
+            "note": "2 CPU cores shared with other jobs (no GPU); timings are contended and approximate",
+            "cpu_count": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
+            "torch": torch.__version__, "load_average_at_start": list(os.getloadavg()),
+        },
+        "tasks": {},
+    }
+    if args.merge and out.is_file():
+        previous = json.loads(out.read_text())
+        results["tasks"] = previous["tasks"]
+        results["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {k: previous[k] for k in ("command", "minutes", "vae_minutes", "machine") if k in previous}
+            | {"tasks": [t for t in previous["tasks"] if t not in names]}
+        ]
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"[tasks] {name} ...", flush=True)
+        spec = TASKS[name]
+        if spec["data"] is not None and not (Path(args.data) / spec["data"]).exists():
+            results["tasks"][name] = {"error": f"data not found at {Path(args.data) / spec['data']}"}
+            continue
+        results["tasks"][name] = run_task(name, Path(args.data), args.minutes, args.vae_minutes, args.batch_size)
+        results["tasks"][name]["task_wall_s"] = round(time.perf_counter() - t0, 1)
+        results["tasks"][name]["command"] = results["command"]
+        print(json.dumps({name: {m: {k: v for k, v in e.items() if k in ("auroc", "acc", "dice")}
+                                 for m, e in results["tasks"][name].items() if isinstance(e, dict) and m != "vae"}}), flush=True)
+        atomic_write_json(out, results)  # partial results survive an interrupted run
+        atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(results)), mode="w")
+    print(f"[tasks] wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
