@@ -15,7 +15,8 @@ import yaml
 from medvae_monai.networks import VAEReconstruction
 from medvae_monai.utils import load_weights
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
+
 CONFIGS = "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"
 RANK_LINE = re.compile(
     r"rank (\d) of (\d): trained (\d+) iterations in (\d+) epochs on (\d+) items; weight checksum (\S+)"

@@ -15,15 +15,9 @@ import pytest
 import torch
 from monai.bundle import onnx_export
 
-from .test_zoo import META, NETWORKS, network_and_weights
+from .test_zoo import META, NETWORKS, _repo_cwd, network_and_weights  # noqa: F401 (_repo_cwd: autouse fixture)
 
 ONNX_ATOL, ONNX_RTOL = 1e-5, 1e-4
-
-
-@pytest.fixture(autouse=True)
-def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    monkeypatch.setenv("MEDVAE_QUIET", "1")
 
 
 @pytest.mark.parametrize("config", NETWORKS)

@@ -19,7 +19,8 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 
 from medvae_monai.utils import load_weights
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
+
 BUNDLE = REPO / "bundle"
 META = "bundle/configs/metadata.json"
 SCHEMA = "bundle/configs/meta_schema.json"
