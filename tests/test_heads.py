@@ -215,3 +215,9 @@ def test_short_real_segmentation_beats_chance():
     dice = DiceMetric()(pred, y).mean().item()
     chance = DiceMetric()(torch.ones_like(y), y).mean().item()  # predict lesion everywhere
     assert dice > chance + 0.1, (dice, chance)
+
+
+def test_freeze_encoder_must_be_a_bool():
+    vae = MedVAE(2, 1, latent_channels=2, channels=(8, 16))
+    with pytest.raises(InputError, match="--freeze_encoder False"):
+        LatentImageClassifier(vae, LatentClassifier(2, 2, 2), freeze_encoder="false")

@@ -170,6 +170,11 @@ class _LatentImageModel(nn.Module):
 
     def __init__(self, vae: MedVAE, head: nn.Module, freeze_encoder: bool = True) -> None:
         super().__init__()
+        if not isinstance(freeze_encoder, bool):  # e.g. the string "false" from a command line
+            raise InputError(
+                f"freeze_encoder must be True or False, got {freeze_encoder!r}; on the command line write "
+                "--freeze_encoder False (capitalised, a Python literal)."
+            )
         if head.latent_channels != vae.latent_channels:
             raise InputError(
                 f"{type(self).__name__}: the head takes {head.latent_channels} latent channel(s) but the VAE "

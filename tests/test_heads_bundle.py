@@ -1,0 +1,96 @@
+"""Bundle runs of the diagnostic heads: train, evaluate and infer, end to end, on a generated
+MedNIST-layout folder with BUSI-style masks (class folders, ``<name>_mask.png``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medvae_monai.networks import MedVAE
+from medvae_monai.utils import atomic_torch_save
+from tests.conftest import run_bundle
+
+pytestmark = pytest.mark.slow
+
+CLS = ["bundle/configs/train_classifier.yaml", "bundle/configs/evaluate_classifier.yaml", "bundle/configs/infer_classifier.yaml"]
+SEG = ["bundle/configs/train_segmentation.yaml", "bundle/configs/evaluate_segmentation.yaml", "bundle/configs/infer_segmentation.yaml"]
+SIZE = (36, 40)  # not square, and resized to 32x32 for the network: inference must restore it
+
+
+@pytest.fixture(scope="module")
+def lesions(tmp_path_factory):
+    """12 images per class; 'malignant' lesions are larger and brighter than 'benign' ones."""
+    root = tmp_path_factory.mktemp("lesions")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: SIZE[0], : SIZE[1]]
+    for cls, (radius, level) in {"benign": (4, 150), "malignant": (9, 230)}.items():
+        (root / cls).mkdir()
+        for i in range(12):
+            cy, cx = rng.integers(12, SIZE[0] - 12), rng.integers(12, SIZE[1] - 12)
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+            img = np.clip(rng.normal(60, 15, SIZE) + mask * level, 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(root / cls / f"case{i:02d}.png")
+            Image.fromarray((mask * 255).astype(np.uint8)).save(root / cls / f"case{i:02d}_mask.png")
+    vae = root.parent / "vae.pt"  # an untrained VAE of common.yaml's architecture is enough to run the configs
+    atomic_torch_save(MedVAE(2, 1, latent_channels=1, channels=(32, 64)).state_dict(), vae)
+    return root, vae
+
+
+def test_classifier_train_evaluate_infer(lesions, tmp_path):
+    data, vae = lesions
+    common = ["--dataset_dir", str(data), "--spatial_size", "[32, 32]", "--batch_size", "8"]
+    run_bundle("training", CLS[0], *common, "--max_epochs", "2", "--vae_ckpt", str(vae), "--output_dir", str(tmp_path / "train"))
+    model = tmp_path / "train" / "model.pt"
+    assert model.is_file() and (tmp_path / "train" / "checkpoints" / "last.pt").is_file()
+
+    run_bundle("evaluating", CLS[1], *common, "--ckpt_path", str(model), "--output_dir", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_images"] == 4 and metrics["split"] == "test"  # 2 test images per class
+    assert 0 <= metrics["auroc"] <= 1 and 0 <= metrics["acc"] <= 1
+    for name in ("benign", "malignant"):
+        assert set(metrics["per_class"][name]) == {"auroc", "sensitivity", "specificity", "n"}
+
+    run_bundle("inferring", CLS[2], *common, "--ckpt_path", str(model), "--num_samples", "4", "--output_dir", str(tmp_path / "infer"))
+    rows = list(csv.DictReader((tmp_path / "infer" / "predictions.csv").open()))
+    assert len(rows) == 24 and rows[0]["source"].endswith(".png")
+    for r in rows:
+        assert float(r["p_benign"]) + float(r["p_malignant"]) == pytest.approx(1.0, abs=1e-4)
+        assert float(r["std_benign"]) >= 0 and r["prediction"] in ("benign", "malignant")
+    assert json.loads((tmp_path / "infer" / "predictions.json").read_text())["num_samples"] == 4
+
+
+def test_classifier_class_count_mismatch_is_refused(lesions, tmp_path):
+    data, vae = lesions
+    proc = run_bundle(
+        "training", CLS[0], "--dataset_dir", str(data), "--num_classes", "3", "--max_epochs", "1",
+        "--vae_ckpt", str(vae), "--output_dir", str(tmp_path), check=False,
+    )
+    assert proc.returncode != 0
+    assert "InputError" in proc.stdout and "--num_classes 2" in proc.stdout
+
+
+def test_segmentation_train_evaluate_infer(lesions, tmp_path):
+    data, vae = lesions
+    common = ["--dataset_dir", str(data), "--spatial_size", "[32, 32]", "--batch_size", "8"]
+    run_bundle("training", SEG[0], *common, "--max_epochs", "2", "--freeze_encoder", "False", "--recon_weight", "0.5",
+               "--vae_ckpt", str(vae), "--output_dir", str(tmp_path / "train"))
+    model = tmp_path / "train" / "model.pt"
+    assert model.is_file()
+
+    run_bundle("evaluating", SEG[1], *common, "--ckpt_path", str(model), "--output_dir", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["task"] == "segmentation" and set(metrics["per_label"]) == {"lesion"}
+    assert metrics["dice"] is None or 0 <= metrics["dice"] <= 1
+    assert "hd95" in metrics["per_label"]["lesion"]
+
+    run_bundle("inferring", SEG[2], *common, "--ckpt_path", str(model), "--max_items", "4", "--output_dir", str(tmp_path / "infer"))
+    masks = sorted((tmp_path / "infer" / "masks").rglob("*_seg.png"))
+    assert len(masks) == 4
+    for m in masks:
+        arr = np.asarray(Image.open(m))
+        assert arr.shape == SIZE  # the input's geometry, not the network's 32x32
+        assert set(np.unique(arr)) <= {0, 255}
