@@ -219,7 +219,7 @@ def datalist_items(path: str | os.PathLike, section: str = "training") -> list[d
         if not image.exists():
             raise InputError(f"{p}: entry {i}: image {image} does not exist; fix the path in the datalist.")
         item["image"] = str(image)
-        item["source"] = str(Path(e["image"]).as_posix()).lstrip("./")
+        item["source"] = Path(e["image"]).as_posix()  # Path() already drops a leading "./"
         if "label" in e:
             if isinstance(e["label"], (int, float)):
                 item["label"] = int(e["label"])
