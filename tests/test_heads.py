@@ -221,3 +221,23 @@ def test_freeze_encoder_must_be_a_bool():
     vae = MedVAE(2, 1, latent_channels=2, channels=(8, 16))
     with pytest.raises(InputError, match="--freeze_encoder False"):
         LatentImageClassifier(vae, LatentClassifier(2, 2, 2), freeze_encoder="false")
+
+
+def test_segmentation_metrics_undefined_distance_is_null():
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
+    from medvae_monai.handlers import segmentation_metrics
+
+    gt = torch.zeros(2, 2, 16, 16)
+    gt[:, 1, 4:8, 4:8] = 1
+    gt[:, 0] = 1 - gt[:, 1]
+    empty = torch.zeros_like(gt)
+    empty[:, 0] = 1  # nothing predicted
+    dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="mean_batch")
+    dice(empty, gt), hd(empty, gt)
+    m = segmentation_metrics(dice, hd, ["lesion"])
+    assert m["dice"] == 0.0 and m["hd95"] is None
+    dice(gt, gt), hd(gt, gt)  # add two perfect predictions
+    m = segmentation_metrics(dice, hd, ["lesion"])
+    assert m["dice"] == pytest.approx(0.5) and m["per_label"]["lesion"]["hd95"] == pytest.approx(0.0)

@@ -86,13 +86,21 @@ def classification_metrics(
 def segmentation_metrics(dice: DiceMetric, hd95: HausdorffDistanceMetric, label_names: Sequence[str]) -> dict:
     """Dice and HD95 (voxels) per foreground label from accumulated MONAI metrics.
 
-    Images whose ground truth lacks a label do not count towards that label (``ignore_empty``).
+    Images whose ground truth lacks a label do not count towards that label's Dice
+    (``ignore_empty``); HD95 counts only images where both the prediction and the ground truth
+    have the label. A label with no such image gets ``None`` (MONAI's own reduction would report
+    0, which reads as a perfect distance).
 
     Returns:
         ``{"dice", "hd95", "per_label": {name: {"dice", "hd95"}}}``; ``dice``/``hd95`` average the labels.
     """
-    d = dice.aggregate().flatten().tolist()
-    h = hd95.aggregate().flatten().tolist()
+
+    def per_label(metric) -> list[float]:
+        buf = metric.get_buffer().float()  # (images, labels), NaN/inf where undefined
+        ok = torch.isfinite(buf)
+        return [float(buf[ok[:, c], c].mean()) if ok[:, c].any() else math.nan for c in range(buf.shape[1])]
+
+    d, h = per_label(dice), per_label(hd95)
     per_label = {str(n): {"dice": _finite(dv), "hd95": _finite(hv)} for n, dv, hv in zip(label_names, d, h)}
     ds = [v["dice"] for v in per_label.values() if v["dice"] is not None]
     hs = [v["hd95"] for v in per_label.values() if v["hd95"] is not None]
