@@ -97,7 +97,7 @@ def reconstruct(name: str, net: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
     if name == "monai_autoencoderkl":
         return net.decode(net.encode(x)[0])
     mu, _ = net.encode_forward(x)
-    return net.decode_forward(mu, use_sigmoid=False)
+    return net.decode_forward(mu, net.use_sigmoid)  # as in its forward (sigmoid output by default)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    ap.add_argument("--merge", action="store_true", help="update these models in an existing --out, keep the others")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -227,6 +228,12 @@ def main() -> None:
         "note": args.note,
         "models": {},
     }
+    out = Path(args.out)
+    if args.merge and out.exists():
+        previous = json.loads(out.read_text())
+        result["models"] = previous["models"]
+        result["note"] = f"{previous['note']} | rerun of {args.models}: {args.note}".strip(" |")
+        result["matmul_gflops"] = previous["matmul_gflops"]  # keep the ceiling the table was measured against
     data = load_mednist(Path(args.data))  # loaded once; shared with each model's process
     ctx = mp.get_context("spawn")
     for name in args.models.split(","):
@@ -239,7 +246,6 @@ def main() -> None:
             raise SystemExit(f"{name}: {payload}")
         result["models"][name] = payload
         print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in payload.items()}, flush=True)
-    out = Path(args.out)
     atomic_write_json(out, result)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(result)), mode="w")
     print(markdown(result))
