@@ -65,16 +65,20 @@ def _middle_slice(x: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_grid(images: Sequence[torch.Tensor], recons: Sequence[torch.Tensor], n: int = 8) -> np.ndarray:
-    """Rows of input, reconstruction and ``|error|`` for up to ``n`` images, as a uint8 ``(H, W)`` array.
+    """Three rows, input, reconstruction and ``|error|``, for ``n`` evenly spaced images of the given
+    ones, as a uint8 ``(3 * H, n * W)`` array.
 
     Intensities are clipped to [0, 1]; the error row is scaled so that 0.25 is white.
     """
+    pairs = list(zip(images, recons))
+    if len(pairs) > n:
+        pairs = [pairs[round(i * (len(pairs) - 1) / (n - 1))] for i in range(n)] if n > 1 else pairs[:1]
     cols = []
-    for img, rec in list(zip(images, recons))[:n]:
-        a = _middle_slice(img.detach().float().cpu()).clamp(0, 1)
-        b = _middle_slice(rec.detach().float().cpu()).clamp(0, 1)
+    for img, rec in pairs:
+        a = _middle_slice(img.detach().float().cpu()).clamp(0, 1).T  # MONAI's (W, H) to picture order
+        b = _middle_slice(rec.detach().float().cpu()).clamp(0, 1).T
         err = ((a - b).abs() * 4).clamp(0, 1)
-        cols.append(torch.cat([a, b, err], dim=0).T)  # transpose: MONAI's (W, H) to picture order
+        cols.append(torch.cat([a, b, err], dim=0))
     grid = torch.cat(cols, dim=1) if cols else torch.zeros(1, 1)
     return (grid.numpy() * 255).round().astype(np.uint8)
 
@@ -82,7 +86,7 @@ def reconstruction_grid(images: Sequence[torch.Tensor], recons: Sequence[torch.T
 class ReconstructionGrid:
     """After each evaluation, write a PNG (and a TensorBoard image) of inputs, reconstructions and errors.
 
-    It keeps the first ``n`` images of the evaluator's first batch.
+    It shows ``n`` evenly spaced images of the evaluator's first batch.
 
     Args:
         output_dir: where ``reconstructions.png`` goes (atomically replaced each time).
@@ -107,7 +111,7 @@ class ReconstructionGrid:
         self._images, self._recons = [], []
 
     def _collect(self, engine: Engine) -> None:
-        if len(self._images) >= self.n:
+        if engine.state.iteration > 1:  # the first batch only
             return
         out = engine.state.output
         rows = out if isinstance(out, list) else [out]
