@@ -125,8 +125,8 @@ def tiled_encode(
     """
     f = _check_tiles(network, tile_size, overlap, "image")
     device = torch.device(device) if device is not None else next(network.parameters()).device
-    network._check_input(image)
-    padded = network._pad(image)  # sizes become multiples of f, so every tile start is aligned
+    network.check_input(image)
+    padded = network.pad_to_factor(image)  # sizes become multiples of f, so every tile start is aligned
     return _tiled(
         lambda t: network.encode(t)[0], padded, tile_size, overlap, f, 1.0 / f, network.latent_channels, device
     )

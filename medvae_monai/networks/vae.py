@@ -167,18 +167,21 @@ class MedVAE(nn.Module):
             out_ch = channels[i - 1] if i > 0 else in_channels
             self.up_convs.append(conv(channels[i], out_ch * fold, kernel_size=3, padding=1))
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def pad_to_factor(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad the end of each spatial axis of ``x`` to a multiple of ``downsample_factor``."""
         f = self.downsample_factor
         pads: list[int] = []
         for i in range(x.ndim - 1, 1, -1):  # F.pad lists the last axis first
             pads += [0, (f - x.shape[i] % f) % f]
         return F.pad(x, pads)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError that says what to change if ``x`` cannot be encoded."""
         if x.ndim != self.spatial_dims + 2:
+            axes = "H, W" if self.spatial_dims == 2 else "H, W, D"
             raise ValueError(
-                f"MedVAE expects a {self.spatial_dims + 2}D tensor (B, C, {'H, W' if self.spatial_dims == 2 else 'H, W, D'}),"
-                f" got shape {tuple(x.shape)}. Add the batch/channel dimensions or use spatial_dims={x.ndim - 2}."
+                f"MedVAE expects a {self.spatial_dims + 2}D tensor (B, C, {axes}), got shape {tuple(x.shape)}. "
+                f"Add the batch/channel dimensions or use spatial_dims={x.ndim - 2}."
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
@@ -194,8 +197,8 @@ class MedVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the posterior ``(mu, sigma)``, each ``(B, latent_channels, *ceil(S / f))``."""
         if not torch.jit.is_scripting():  # TorchScript cannot compile the message formatting
-            self._check_input(x)
-        h = space_to_depth(self._pad(x), self.spatial_dims)
+            self.check_input(x)
+        h = space_to_depth(self.pad_to_factor(x), self.spatial_dims)
         mu, logvar = self.to_moments(self.encoder(h)).chunk(2, dim=1)
         sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # keeps sigma numerically safe
         return mu, sigma
