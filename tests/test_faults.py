@@ -21,7 +21,7 @@ from medvae_monai.utils import load_state_dict
 pytestmark = pytest.mark.slow
 
 CONFIG = "bundle/configs/train.yaml"
-MAX_EPOCHS = 3
+MAX_EPOCHS = 6
 ITERS_PER_EPOCH = 4  # 32 phantoms, batch 8, drop_last
 # a tiny but real training run on the embedded phantoms: 4 iterations and a validation per epoch
 OVERRIDES = ("--max_items", "32", "--batch_size", "8", "--kl_warmup_steps", "4", "--max_epochs", str(MAX_EPOCHS))
@@ -64,7 +64,6 @@ def test_same_seed_same_data_is_bit_identical(uninterrupted: Path, tmp_path: Pat
 
 def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(uninterrupted: Path, tmp_path: Path) -> None:
     rnd = random.Random()
-    delay = rnd.uniform(0.0, 2.5)  # a random point after the first checkpoint: mid-epoch, mid-validation or mid-save
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", CONFIG, *OVERRIDES,
            "--output_dir", str(tmp_path)]
     env = {**os.environ, "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore"}
@@ -75,7 +74,16 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(uninterrupte
         while not last.exists():
             assert proc.poll() is None, f"training exited ({proc.returncode}) before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.02)
+            time.sleep(0.01)
+        # time one epoch (each save replaces last.pt with a new file), so that the kill lands at a
+        # random point of epochs 3 to MAX_EPOCHS - 1 however fast this machine is
+        first_inode, started = last.stat().st_ino, time.monotonic()
+        while last.stat().st_ino == first_inode:
+            assert proc.poll() is None, f"training exited ({proc.returncode}) after one checkpoint"
+            assert time.monotonic() < deadline, "no second checkpoint after 300 s"
+            time.sleep(0.01)
+        epoch_seconds = time.monotonic() - started
+        delay = rnd.uniform(0.0, (MAX_EPOCHS - 3) * epoch_seconds)  # mid-epoch, mid-validation or mid-save
         time.sleep(delay)
         assert proc.poll() is None, f"training ended within {delay:.2f} s of its first checkpoint: kill came too late"
         proc.send_signal(signal.SIGKILL)
@@ -90,7 +98,7 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(uninterrupte
     killed = _state(tmp_path)
     iteration = int(killed["trainer"]["iteration"])  # ignite keeps the iteration and the epoch length
     epoch = iteration // int(killed["trainer"]["epoch_length"])
-    assert 1 <= epoch < MAX_EPOCHS and iteration == epoch * ITERS_PER_EPOCH, (epoch, iteration, delay)
+    assert 2 <= epoch < MAX_EPOCHS and iteration == epoch * ITERS_PER_EPOCH, (epoch, iteration, delay)
 
     proc = run_bundle("training", CONFIG, *OVERRIDES, "--output_dir", str(tmp_path))
     assert f"at epoch {epoch}, iteration {iteration}" in proc.stdout  # the resume message of ResumableCheckpoint
