@@ -29,7 +29,7 @@ from monai.transforms import (
 from ..errors import InputError, describe_source, find_input_error
 from ..transforms import CheckImaged, CheckImageMaskd, CTWindowd, LoadImageCheckedd
 from .phantoms import PHANTOM_CLASSES, phantom_items
-from .sources import PICTURE_SUFFIXES, class_folder_items, datalist_items, medmnist_items, source_kind
+from .sources import PICTURE_SUFFIXES, class_folder_items, datalist_items, first_image, medmnist_items, source_kind
 from .splits import split_items
 
 __all__ = [
@@ -284,11 +284,8 @@ def preprocessing_for(
 ) -> Compose:
     """:func:`preprocessing` for the source that ``dataset_dir`` names (used by the bundle configs)."""
     kind = source_kind(dataset_dir)
-    items: list[dict] = []
-    if kind not in ("phantom", "medmnist"):
-        with warnings.catch_warnings():  # one item tells pictures from volumes; the real listing reports stray files
-            warnings.simplefilter("ignore")
-            items = list_items(dataset_dir, "all", spatial_dims, skip_unreadable=True, max_items=1)[0]
+    # one image tells pictures from volumes; the dataset's own listing reports stray files
+    items = [] if kind in ("phantom", "medmnist") else [{"image": first_image(dataset_dir)}]
     return preprocessing(
         kind, items, spatial_dims, in_channels, spatial_size, intensity, ct_window, with_mask, min_size, binary_mask
     )

@@ -25,6 +25,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "class_folder_items",
     "datalist_items",
+    "first_image",
     "medmnist_items",
     "reconstruction_suffix",
     "source_kind",
@@ -232,12 +233,27 @@ def datalist_items(path: str | os.PathLike, section: str = "training") -> list[d
     return items
 
 
+def first_image(dataset_dir: str | os.PathLike) -> str:
+    """Path of one image of a folder or datalist source, found without listing the whole tree.
+
+    It tells pictures from volumes; a folder without any image gets :func:`class_folder_items`'s
+    error.
+    """
+    if source_kind(dataset_dir) == "datalist":
+        return datalist_items(dataset_dir)[0]["image"]
+    root = Path(dataset_dir)
+    for folder in sorted([root] + [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]):
+        for f in folder.iterdir():
+            if f.is_file() and not f.name.startswith(".") and _suffix(f) in IMAGE_SUFFIXES:
+                return str(f)
+    return class_folder_items(root)[0][0]["image"]  # raises the explanatory InputError
+
+
 def reconstruction_suffix(dataset_dir: str | os.PathLike | None) -> str:
     """File type for reconstructions of ``dataset_dir``'s images: PNG for pictures, NIfTI otherwise."""
     kind = source_kind(dataset_dir)
     if kind == "medmnist":
         return ".png"
     if kind == "folder":
-        items, _ = class_folder_items(dataset_dir, skip_unreadable=True)
-        return ".png" if _suffix(Path(items[0]["image"])) in PICTURE_SUFFIXES else ".nii.gz"
+        return ".png" if _suffix(Path(first_image(dataset_dir))) in PICTURE_SUFFIXES else ".nii.gz"
     return ".nii.gz"

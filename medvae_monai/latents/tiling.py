@@ -96,11 +96,14 @@ def _tiled(
     return out
 
 
-def _check_tiles(network: torch.nn.Module, tile_size: int, overlap: int, unit: str) -> int:
+def _check_tiles(
+    network: torch.nn.Module, tile_size: int, overlap: int, unit: str, device: str | torch.device | None
+) -> tuple[int, torch.device]:
+    """The network's downsampling factor and the device tiles run on (default: the network's)."""
     f = int(network.downsample_factor)
     if tile_size <= 0 or overlap < 0:
         raise InputError(f"{unit} tile_size must be positive and overlap non-negative, got {tile_size}, {overlap}.")
-    return f
+    return f, torch.device(device) if device is not None else next(network.parameters()).device
 
 
 @torch.no_grad()
@@ -123,8 +126,7 @@ def tiled_encode(
     Returns:
         ``mu`` of shape ``(B, latent_channels, *ceil(S / f))`` on the CPU, float32.
     """
-    f = _check_tiles(network, tile_size, overlap, "image")
-    device = torch.device(device) if device is not None else next(network.parameters()).device
+    f, device = _check_tiles(network, tile_size, overlap, "image", device)
     network.check_input(image)
     padded = network.pad_to_factor(image)  # sizes become multiples of f, so every tile start is aligned
     return _tiled(
@@ -154,8 +156,7 @@ def tiled_decode(
     Returns:
         ``(B, in_channels, *(L * f))`` (or ``spatial_size``) on the CPU, float32.
     """
-    f = _check_tiles(network, tile_size, overlap, "latent")
-    device = torch.device(device) if device is not None else next(network.parameters()).device
+    f, device = _check_tiles(network, tile_size, overlap, "latent", device)
     if latent.ndim != network.spatial_dims + 2 or latent.shape[1] != network.latent_channels:
         raise InputError(
             f"tiled_decode expects a latent (B, {network.latent_channels}, *spatial) with {network.spatial_dims} "
