@@ -2,9 +2,10 @@
 segmentation head, and ``/infer`` returns the same mask as the bundle's own inference config.
 
 MONAI Label 0.8.5 needs versions that differ from the test environment (numpy<2, pydicom<3, a
-torchvision that imports, see ``constraints/label.txt``), so it lives in its own environment:
-the test runs the ``monailabel`` found on PATH or named by ``MEDVAE_MONAILABEL`` (the executable,
-whose environment must have this package installed too), and skips with that reason otherwise.
+torchvision that imports, see ``constraints/label.txt``), so it lives in its own environment,
+``.venv-label``, which README command 2 (and so CI) builds. The test runs the executable named by
+``MEDVAE_MONAILABEL``, else ``.venv-label/bin/monailabel``, else ``monailabel`` on PATH (its
+environment must have this package installed too), and skips with that reason if there is none.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ STARTUP_S = 240
 
 
 def _monailabel() -> Path:
-    exe = os.environ.get("MEDVAE_MONAILABEL") or shutil.which("monailabel")
+    in_repo = REPO / ".venv-label" / "bin" / "monailabel"
+    exe = os.environ.get("MEDVAE_MONAILABEL") or (str(in_repo) if in_repo.is_file() else shutil.which("monailabel"))
     if not exe or not Path(exe).is_file():
         pytest.skip(
-            "MONAI Label is not installed: create its environment as in constraints/label.txt and set "
-            "MEDVAE_MONAILABEL=<that venv>/bin/monailabel"
+            "MONAI Label is not installed: build .venv-label as in constraints/label.txt (README command 2 does), "
+            "or set MEDVAE_MONAILABEL=<that venv>/bin/monailabel"
         )
     return Path(exe)
 
