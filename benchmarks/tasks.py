@@ -2,13 +2,20 @@
 
 For each task it trains, on the task's training split only, with the same time budget each:
 
-1. a task VAE, without labels (``--vae_minutes``), whose latents the heads read;
+1. the VAE whose latents the heads read: a task VAE trained here without labels on the task's
+   training images (``--vae_minutes``; tasks on the same images share it), or, for MedNIST, the
+   committed checkpoint ``bundle/models/model.pt`` (trained without labels on the MedNIST train split);
 2. ``latent_frozen``: a head on the frozen VAE's posterior, cached in memory (one encoder pass per
    image), trained on posterior samples;
 3. ``latent_finetuned``: the same head and encoder fine-tuned end to end from (2), with the VAE's
    ELBO as a reconstruction term;
 4. ``baseline``: a full-resolution network: MONAI ResNet-18 (classification; the MedMNIST
    "ResNet-18 (28)" stem at 28x28) or MONAI UNet (segmentation).
+
+The budget counts training iterations only. Eight times per budget, and at its end, every model
+is scored on the validation split (AUROC or Dice), and the best state is the one tested; each
+model thus gets the same early stopping. Heads on cached latents use ``--latent_batch_size``
+(their steps are cheap, so a larger batch keeps the engine's per-step overhead from dominating).
 
 Then it reports the test metric (AUROC and accuracy, or Dice and HD95), training and inference
 images per second, parameters and wall time, and checks the issue's targets. Usage::
@@ -22,6 +29,7 @@ Tasks: breastmnist, pneumoniamnist, busi_cls, busi_seg, mednist, hippocampus, an
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -59,26 +67,33 @@ from medvae_monai.networks import (  # noqa: E402
     LatentSegmenter,
     MedVAE,
 )
-from medvae_monai.utils import atomic_write, atomic_write_json  # noqa: E402
+from medvae_monai.utils import atomic_write, atomic_write_json, load_weights  # noqa: E402
 
 # published MedMNIST v2 ResNet-18 (28) test figures (Yang et al., Scientific Data 2023)
 PUBLISHED = {"breastmnist": {"auroc": 0.901, "acc": 0.863}, "pneumoniamnist": {"auroc": 0.944, "acc": 0.854}}
 
 # data: path under the data root (None: embedded phantoms); size: network input size (None: native);
-# max_train: evenly spaced subset of the training split, to fit the CPU budget
+# max_train: evenly spaced subset of the training split, to fit the CPU budget; vae: a committed
+# checkpoint instead of a task VAE; head: the head's widths per level (classifier default (64, 128):
+# larger latent grids get more, narrower levels, so its cost stays small next to the baseline's;
+# segmenter default (64, 32): halved, as its full-resolution stages dominate its cost)
 TASKS: dict[str, dict] = {
-    "breastmnist": {"type": "cls", "data": "MedMNIST/breastmnist.npz", "dims": 2, "task": "binary", "names": ["normal/benign", "malignant"]},
+    "breastmnist": {"type": "cls", "data": "MedMNIST/breastmnist.npz", "dims": 2, "task": "binary", "names": ["malignant", "normal/benign"]},
     "pneumoniamnist": {"type": "cls", "data": "MedMNIST/pneumoniamnist.npz", "dims": 2, "task": "binary", "names": ["normal", "pneumonia"]},
-    "busi_cls": {"type": "cls", "data": "BUSI", "dims": 2, "task": "multiclass", "size": [96, 96]},
-    "busi_seg": {"type": "seg", "data": "BUSI", "dims": 2, "size": [96, 96], "labels": ["lesion"]},
-    "mednist": {"type": "cls", "data": "MedNIST", "dims": 2, "task": "multiclass", "max_train": 3000, "max_eval": 1200},
-    "hippocampus": {"type": "seg", "data": "Task04_Hippocampus", "dims": 3, "size": [40, 56, 40], "labels": ["anterior", "posterior"]},
+    "busi_cls": {"type": "cls", "data": "BUSI", "dims": 2, "task": "multiclass", "size": [96, 96], "head": [16, 32, 64, 128]},
+    "busi_seg": {"type": "seg", "data": "BUSI", "dims": 2, "size": [96, 96], "labels": ["lesion"], "head": [32, 16]},
+    "mednist": {"type": "cls", "data": "MedNIST", "dims": 2, "task": "multiclass", "max_train": 3000, "max_eval": 1200,
+                "vae": "bundle/models/model.pt", "head": [16, 32, 64]},
+    "hippocampus": {"type": "seg", "data": "Task04_Hippocampus", "dims": 3, "size": [40, 56, 40], "labels": ["anterior", "posterior"],
+                    "head": [32, 16]},
     "lungct_phantom": {"type": "cls", "data": None, "dims": 3, "task": "multiclass"},
 }
 # lungct_phantom only shows that the 3D CT path runs end to end; a 3D ResNet-18 baseline on 2 CPU
 # cores takes minutes per batch, so it is not in the default set
 DEFAULT_TASKS = [t for t in TASKS if t != "lungct_phantom"]
 LATENT_CHANNELS = 4  # the task VAEs' latent: 16x fewer elements than pixels (factor 4 in 2D)
+MAX_VAL = 300  # validation images per task (evenly spaced), scored at each selection point
+SELECTION_POINTS = 8  # validations per training budget (plus one at its end)
 TARGETS = {"auroc_gap": 0.01, "dice_gap": 0.03, "train_speedup": 20.0}
 
 
@@ -102,30 +117,61 @@ def load_split(spec: dict, root: Path, split: str, max_items: int | None) -> tup
 
 
 class Budget:
-    """Stops an ignite engine once ``seconds`` of training have passed; counts images and time."""
+    """Stops an ignite engine after ``seconds`` of training iterations; counts images and time.
 
-    def __init__(self, seconds: float) -> None:
+    Time spent outside iterations (validation) is not counted. ``select`` is called ``points``
+    times at even steps of the budget and once at its end.
+    """
+
+    def __init__(self, seconds: float, select=None, points: int = SELECTION_POINTS) -> None:
         self.seconds = seconds
         self.images = 0
         self.elapsed = 0.0
+        self.select = select
+        self.next_select = seconds / points
 
     def attach(self, engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+        if self.select is not None:
+            engine.add_event_handler(Events.COMPLETED, lambda _: self.select())
 
     def _start(self, engine) -> None:
         self._t0 = time.perf_counter()
 
     def _step(self, engine) -> None:
-        batch = engine.state.batch
-        self.images += len(next(iter(batch.values())))
-        self.elapsed = time.perf_counter() - self._t0
+        self.elapsed += time.perf_counter() - self._t0
+        self.images += len(next(iter(engine.state.batch.values())))
         if self.elapsed > self.seconds:
             engine.terminate()
+        elif self.select is not None and self.elapsed >= self.next_select:
+            self.select()
+            self.next_select += self.seconds / SELECTION_POINTS
 
 
-def train(trainer_cls, seconds: float, loader, network, optimizer, loss, **kwargs) -> Budget:
-    budget = Budget(seconds)
+class BestOnValidation:
+    """Scores a network on the validation split and keeps a copy of its best state."""
+
+    def __init__(self, network: torch.nn.Module, spec: dict, val: list[dict], names: list[str]) -> None:
+        self.network, self.spec, self.val, self.names = network, spec, val, names
+        self.metric = "dice" if spec["type"] == "seg" else "auroc"
+        self.best, self.state, self.history = -1.0, None, []
+
+    def __call__(self) -> None:
+        score = evaluate(self.network, self.spec, self.val, self.names)[self.metric] or 0.0
+        self.history.append(round(score, 4))
+        if score > self.best:
+            self.best, self.state = score, copy.deepcopy(self.network.state_dict())
+        self.network.train()
+
+    def restore(self) -> dict:
+        """Load the best state; returns what to record about the selection."""
+        self.network.load_state_dict(self.state)
+        return {f"val_{self.metric}": round(self.best, 4), f"val_{self.metric}_history": self.history}
+
+
+def train(trainer_cls, seconds: float, loader, network, optimizer, loss, selector=None, **kwargs) -> Budget:
+    budget = Budget(seconds, selector)
     trainer = trainer_cls(
         device="cpu", max_epochs=10_000, train_data_loader=loader, network=network, optimizer=optimizer,
         loss_function=loss, train_handlers=[budget], **kwargs,
@@ -181,54 +227,90 @@ def train_vae(train_items: list[dict], dims: int, seconds: float) -> tuple[MedVA
                  "latent_channels": LATENT_CHANNELS, "train_s": round(b.elapsed, 1), "images_seen": b.images}
 
 
-def run_task(name: str, root: Path, minutes: float, vae_minutes: float, batch_size: int) -> dict:
+def pretrained_vae(path: str) -> tuple[MedVAE, dict]:
+    """The committed checkpoint, built from the bundle's own ``network_def`` (common.yaml)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle/configs/common.yaml"))
+    vae = load_weights(parser.get_parsed_content("network_def"), REPO / path)
+    return vae, {"source": f"{path}: trained without labels on the MedNIST train split",
+                 "latent_channels": vae.latent_channels}
+
+
+_TASK_VAES: dict[tuple, tuple[MedVAE, dict]] = {}  # tasks on the same images (busi_cls, busi_seg) share one
+
+
+def task_vae(spec: dict, train_items: list[dict], seconds: float) -> tuple[MedVAE, dict]:
+    key = (spec["data"], str(spec.get("size")), spec.get("max_train"), spec.get("vae"))
+    if key not in _TASK_VAES:
+        _TASK_VAES[key] = pretrained_vae(spec["vae"]) if "vae" in spec else train_vae(train_items, spec["dims"], seconds)
+    return copy.deepcopy(_TASK_VAES[key][0]), _TASK_VAES[key][1]
+
+
+def run_task(name: str, root: Path, minutes: float, vae_minutes: float, batch_size: int, latent_batch_size: int) -> dict:
     spec = TASKS[name]
     seg = spec["type"] == "seg"
     set_determinism(seed=0)
     t_load = time.perf_counter()
     train_items, names = load_split(spec, root, "train", spec.get("max_train"))
+    val_items, _ = load_split(spec, root, "val", MAX_VAL)
     test_items, _ = load_split(spec, root, "test", spec.get("max_eval"))
     load_s = time.perf_counter() - t_load
     dims, seconds = spec["dims"], minutes * 60
     result: dict = {"dataset": spec["data"] or "embedded 3D CT phantoms", "n_train": len(train_items),
-                    "n_test": len(test_items), "input_size": list(train_items[0]["image"].shape[1:]),
+                    "n_val": len(val_items), "n_test": len(test_items),
+                    "input_size": list(train_items[0]["image"].shape[1:]),
                     "classes": spec.get("labels") if seg else names, "load_s": round(load_s, 1)}
-    vae, result["vae"] = train_vae(train_items, dims, vae_minutes * 60)
+    vae, result["vae"] = task_vae(spec, train_items, vae_minutes * 60)
+    latent_channels = vae.latent_channels
     key = "mask" if seg else "label"
     if seg:
         k = len(spec["labels"]) + 1
         loss = SegmentationLoss()
-        make_head = lambda: LatentSegmenter(dims, LATENT_CHANNELS, k, 4, skip_channels=vae.hparams["channels"])  # noqa: E731
+        make_head = lambda: LatentSegmenter(  # noqa: E731
+            dims, latent_channels, k, 4, spec.get("head", (64, 32)), skip_channels=vae.hparams["channels"]
+        )
         model_cls = LatentImageSegmenter
     else:
         k = len(names)
         loss = ClassificationLoss(spec["task"], class_weights(train_items, k, spec["task"]))
-        make_head = lambda: LatentClassifier(dims, LATENT_CHANNELS, k, spec["task"])  # noqa: E731
+        make_head = lambda: LatentClassifier(dims, latent_channels, k, spec["task"], spec.get("head", (64, 128)))  # noqa: E731
         model_cls = LatentImageClassifier
     image_loader = DataLoader(train_items, batch_size=batch_size, shuffle=True, drop_last=len(train_items) > batch_size)
+
+    def fit(trainer_cls, data, network, optimizer, **kwargs) -> tuple[Budget, dict]:
+        selector = BestOnValidation(network, spec, val_items, names)
+        b = train(trainer_cls, seconds, data, network, optimizer, loss, selector=selector, **kwargs)
+        return b, selector.restore()
 
     # latent head, frozen encoder; classifiers train on the posterior cached in memory
     t_wall = time.perf_counter()
     frozen = model_cls(vae, make_head(), freeze_encoder=True)
     t0 = time.perf_counter()
-    data = image_loader if seg else DataLoader(cache_latents(frozen, train_items), batch_size=batch_size, shuffle=True)
+    if seg:  # the head reads the encoder's skip features too, so the encoder runs on every batch
+        data = image_loader
+    else:
+        data = DataLoader(cache_latents(frozen, train_items), batch_size=latent_batch_size, shuffle=True)
     cache_s = time.perf_counter() - t0
-    b = train(HeadTrainer, seconds, data, frozen, torch.optim.AdamW(frozen.head.parameters(), 1e-3), loss, target_key=key)
+    b, selected = fit(HeadTrainer, data, frozen, torch.optim.AdamW(frozen.head.parameters(), 1e-3), target_key=key)
     entry = evaluate(frozen, spec, test_items, names)
     entry.update(train_img_per_s=b.images / b.elapsed, params=n_params(frozen.head), params_inference=n_params(frozen),
                  train_s=round(b.elapsed, 1), cache_s=round(cache_s, 1), images_seen=b.images,
+                 batch_size=batch_size if seg else latent_batch_size, **selected,
                  wall_s=round(time.perf_counter() - t_wall, 1))
     result["latent_frozen"] = entry
 
     # the same model fine-tuned end to end from the frozen head, keeping the ELBO as a reconstruction term
     t_wall = time.perf_counter()
     tuned = model_cls(vae, frozen.head, freeze_encoder=False)
-    b = train(HeadTrainer, seconds, image_loader, tuned, torch.optim.AdamW(tuned.parameters(), 3e-4), loss,
-              target_key=key, recon_weight=1.0)
+    b, selected = fit(HeadTrainer, image_loader, tuned, torch.optim.AdamW(tuned.parameters(), 3e-4),
+                      target_key=key, recon_weight=1.0)
     entry = evaluate(tuned, spec, test_items, names)
     entry.update(train_img_per_s=b.images / b.elapsed, params=n_params(tuned), params_inference=n_params(tuned.vae.encoder)
                  + n_params(tuned.vae.to_moments) + n_params(tuned.head), train_s=round(b.elapsed, 1),
-                 images_seen=b.images, init="latent_frozen", recon_weight=1.0, wall_s=round(time.perf_counter() - t_wall, 1))
+                 images_seen=b.images, batch_size=batch_size, init="latent_frozen", recon_weight=1.0, **selected,
+                 wall_s=round(time.perf_counter() - t_wall, 1))
     result["latent_finetuned"] = entry
 
     # full-resolution baseline in the same harness and budget
@@ -241,11 +323,12 @@ def run_task(name: str, root: Path, minutes: float, vae_minutes: float, batch_si
         base = resnet18(spatial_dims=dims, n_input_channels=1, num_classes=k,
                         conv1_t_size=3 if small else 7, conv1_t_stride=1 if small else 2, no_max_pool=small)
         arch = "MONAI ResNet-18" + (" (28): 3x3 stem, no max-pool" if small else "")
-    b = train(SupervisedTrainer, seconds, image_loader, base, torch.optim.AdamW(base.parameters(), 1e-3), loss,
-              prepare_batch=ImageTarget(target_key=key), decollate=False)
+    b, selected = fit(SupervisedTrainer, image_loader, base, torch.optim.AdamW(base.parameters(), 1e-3),
+                      prepare_batch=ImageTarget(target_key=key), decollate=False)
     entry = evaluate(base, spec, test_items, names)
     entry.update(train_img_per_s=b.images / b.elapsed, params=n_params(base), train_s=round(b.elapsed, 1),
-                 images_seen=b.images, architecture=arch, wall_s=round(time.perf_counter() - t_wall, 1))
+                 images_seen=b.images, batch_size=batch_size, architecture=arch, **selected,
+                 wall_s=round(time.perf_counter() - t_wall, 1))
     result["baseline"] = entry
     result["targets"] = check_targets(name, result)
     return result
@@ -315,9 +398,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks/results/tasks.json"))
     p.add_argument("--minutes", type=float, default=1.0, help="training budget per model")
     p.add_argument("--vae_minutes", type=float, default=1.0, help="training budget of each task VAE")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=32, help="batch size of every model that reads images")
+    p.add_argument("--latent_batch_size", type=int, default=128, help="batch size of frozen heads on cached latents")
     p.add_argument("--data", default=os.environ.get("MEDVAE_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--machine_note", default=f"{os.cpu_count()} CPU cores, no GPU",
+                   help="what the results table says of the machine (e.g. whether it was shared)")
     p.add_argument("--merge", action="store_true", help="keep the other tasks already in --out, replace these")
     args = p.parse_args(argv)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -333,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         "published_resnet18_28": PUBLISHED,
         "targets": TARGETS,
         "machine": {
-            "note": "2 CPU cores shared with other jobs (no GPU); timings are contended and approximate",
+            "note": args.machine_note,
             "cpu_count": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
             "torch": torch.__version__, "load_average_at_start": list(os.getloadavg()),
         },
@@ -353,13 +439,17 @@ def main(argv: list[str] | None = None) -> None:
         if spec["data"] is not None and not (Path(args.data) / spec["data"]).exists():
             results["tasks"][name] = {"error": f"data not found at {Path(args.data) / spec['data']}"}
             continue
-        results["tasks"][name] = run_task(name, Path(args.data), args.minutes, args.vae_minutes, args.batch_size)
+        results["tasks"][name] = run_task(
+            name, Path(args.data), args.minutes, args.vae_minutes, args.batch_size, args.latent_batch_size
+        )
         results["tasks"][name]["task_wall_s"] = round(time.perf_counter() - t0, 1)
         results["tasks"][name]["command"] = results["command"]
         print(json.dumps({name: {m: {k: v for k, v in e.items() if k in ("auroc", "acc", "dice")}
                                  for m, e in results["tasks"][name].items() if isinstance(e, dict) and m != "vae"}}), flush=True)
         atomic_write_json(out, results)  # partial results survive an interrupted run
         atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(results)), mode="w")
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    atomic_write_json(out, results)
     print(f"[tasks] wrote {out} and {out.with_suffix('.md')}")
 
 

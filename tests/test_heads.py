@@ -51,9 +51,11 @@ def test_classifier_shapes_and_probabilities(spatial_dims, size, task, k):
 
 @pytest.mark.parametrize("spatial_dims,size", [(2, (30, 26)), (3, (20, 17, 12))])
 @pytest.mark.parametrize("skips", [False, True])
-def test_segmenter_full_resolution_output(spatial_dims, size, skips):
+@pytest.mark.parametrize("context", [None, (8, 16, 16)])
+def test_segmenter_full_resolution_output(spatial_dims, size, skips, context):
     vae = MedVAE(spatial_dims, 1, latent_channels=2, channels=(8, 16))
-    head = LatentSegmenter(spatial_dims, 2, 3, 4, channels=(16, 8), skip_channels=vae.hparams["channels"] if skips else None)
+    skip_channels = vae.hparams["channels"] if skips else None
+    head = LatentSegmenter(spatial_dims, 2, 3, 4, channels=(16, 8), skip_channels=skip_channels, context_channels=context)
     net = LatentImageSegmenter(vae, head, freeze_encoder=False)
     x = torch.rand(2, 1, *size)
     out = net(x)
@@ -78,6 +80,8 @@ def test_head_config_errors():
         LatentClassifier(2, 2, 3, task="binary")
     with pytest.raises(InputError, match="skip_channels"):
         LatentSegmenter(2, 2, 2, 4, (8, 8), skip_channels=(8,))
+    with pytest.raises(InputError, match="context_channels"):
+        LatentSegmenter(2, 2, 2, 4, (8, 8), context_channels=(8,))
 
 
 def test_missing_labels_and_class_count_errors():
