@@ -141,7 +141,8 @@ class Budget:
 
     def _step(self, engine) -> None:
         self.elapsed += time.perf_counter() - self._t0
-        self.images += len(next(iter(engine.state.batch.values())))
+        batch = engine.state.batch  # a list of items once the trainer decollated it
+        self.images += len(batch) if isinstance(batch, list) else len(next(iter(batch.values())))
         if self.elapsed > self.seconds:
             engine.terminate()
         elif self.select is not None and self.elapsed >= self.next_select:

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..errors import InputError
 from ..losses import ELBOLoss
 from ..networks.heads import CLASSIFICATION_TASKS, LatentImageClassifier, LatentImageSegmenter
+from .vae import complete_iteration
 
 __all__ = [
     "ClassificationLoss",
@@ -226,7 +227,8 @@ class HeadTrainer(SupervisedTrainer):
     classifiers only) skip the encoder.
 
     Each iteration's output holds ``pred`` (logits), ``label`` (the target) and the floats
-    ``loss``, ``task_loss`` and, with a reconstruction term, ``recon_loss``.
+    ``loss``, ``task_loss`` and, with a reconstruction term, ``recon_loss``; handlers see it
+    decollated (one dict per image), as in MONAI's ``SupervisedTrainer``.
 
     Args:
         device: training device.
@@ -259,7 +261,6 @@ class HeadTrainer(SupervisedTrainer):
         if recon_weight > 0 and network.freeze_encoder:
             raise InputError("recon_weight > 0 needs a fine-tuned encoder (freeze_encoder=False); a frozen VAE does not change.")
         kwargs.setdefault("prepare_batch", ImageTarget(target_key=target_key))
-        kwargs.setdefault("decollate", False)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -309,4 +310,4 @@ class HeadTrainer(SupervisedTrainer):
         loss.backward()
         engine.optimizer.step()
         out["loss"] = loss.item()
-        return out
+        return complete_iteration(engine, out)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import PrepareBatch
+from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.utils import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 
@@ -28,9 +28,22 @@ class ImageAsTarget(PrepareBatch):
         return x, x
 
 
-def loss_terms(output: dict) -> dict[str, float]:
-    """The scalar loss terms of a :class:`VAETrainer` iteration output, for logging handlers."""
-    return {k: float(output[k]) for k in LOSS_TERMS if k in output}
+def loss_terms(output: dict | list[dict]) -> dict[str, float]:
+    """The scalar loss terms of a trainer's iteration output, for logging handlers.
+
+    ``output`` is one dict per batch, or, decollated (the trainers' default, as in MONAI), one dict
+    per image, each holding the same scalars.
+    """
+    first = output[0] if isinstance(output, list) else output
+    return {k: float(first[k]) for k in LOSS_TERMS if k in first}
+
+
+def complete_iteration(engine: SupervisedTrainer, output: dict) -> dict | list[dict]:
+    """End a custom ``_iteration`` as MONAI's does: set the output and fire ``MODEL_COMPLETED``,
+    where the engine decollates batch and output (``decollate=True``) and runs ``postprocessing``."""
+    engine.state.output = output
+    engine.fire_event(IterationEvents.MODEL_COMPLETED)
+    return engine.state.output
 
 
 class VAETrainer(SupervisedTrainer):
@@ -39,7 +52,9 @@ class VAETrainer(SupervisedTrainer):
 
     Each iteration's ``engine.state.output`` holds ``image``, ``pred`` (the reconstruction) and the
     floats ``loss``, ``recon_loss``, ``kl`` and ``beta`` (plus ``adv_g``/``adv_d`` with the
-    adversarial term), so handlers log the terms separately.
+    adversarial term), so handlers log the terms separately. As in MONAI's ``SupervisedTrainer``
+    (``decollate=True``), handlers then see it decollated: a list with one dict per image, the
+    scalars repeated in each, which MONAI's stock handlers (``--tracking mlflow``) expect.
 
     Args:
         device: training device.
@@ -72,7 +87,6 @@ class VAETrainer(SupervisedTrainer):
         if adversarial is not None and disc_optimizer is None:
             raise ValueError("VAETrainer: `disc_optimizer` is required when `adversarial` is given.")
         kwargs.setdefault("prepare_batch", ImageAsTarget())
-        kwargs.setdefault("decollate", False)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -120,4 +134,4 @@ class VAETrainer(SupervisedTrainer):
         out.update(
             loss=loss.item(), recon_loss=terms["recon_loss"].item(), kl=terms["kl"].item(), beta=engine.loss_function.beta
         )
-        return out
+        return complete_iteration(engine, out)
