@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import config, data, engines, handlers, latents, losses, networks, transforms, utils  # noqa: E402
 from .errors import InputError  # noqa: E402

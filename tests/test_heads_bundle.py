@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
 
+from medvae_monai.data.phantoms import PHANTOM_CLASSES, make_phantom
 from medvae_monai.networks import MedVAE
 from medvae_monai.utils import atomic_torch_save
 from tests.conftest import run_bundle
@@ -94,3 +96,34 @@ def test_segmentation_train_evaluate_infer(lesions, tmp_path):
         arr = np.asarray(Image.open(m))
         assert arr.shape == SIZE  # the input's geometry, not the network's 32x32
         assert set(np.unique(arr)) <= {0, 255}
+
+
+def test_lung_ct_3d_classifier_on_phantoms_and_an_msd_datalist(tmp_path):
+    """The lung-CT path: 3D CT volumes in HU through the lung window and a 3D VAE under the head,
+    on the embedded 3D phantoms and on an MSD-style datalist of NIfTI CT volumes."""
+    vae = tmp_path / "vae3d.pt"  # untrained, of common.yaml's architecture in 3D: enough to run the configs
+    atomic_torch_save(MedVAE(3, 1, latent_channels=1, channels=(32, 64)).state_dict(), vae)
+    ct = ["--spatial_dims", "3", "--intensity", "ct", "--ct_window", "lung", "--vae_ckpt", str(vae), "--batch_size", "4"]
+
+    run_bundle("training", CLS[0], *ct, "--max_items", "12", "--max_epochs", "1", "--output_dir", str(tmp_path / "train"))
+    model = tmp_path / "train" / "model.pt"
+    run_bundle("evaluating", CLS[1], *ct, "--max_items", "6", "--ckpt_path", str(model), "--output_dir", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_images"] == 6 and set(metrics["per_class"]) == set(PHANTOM_CLASSES)
+
+    # the same model on an MSD-style datalist: NIfTI volumes with an anisotropic CT spacing, integer labels
+    data = tmp_path / "chest_ct"
+    (data / "imagesTr").mkdir(parents=True)
+    entries = []
+    for i in range(6):
+        hu, _, label = make_phantom(i, 32, 3)
+        name = f"imagesTr/case_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 2.5, 1.0])), data / name)
+        entries.append({"image": name, "label": label})
+    (data / "dataset.json").write_text(json.dumps({"name": "phantom chest CT", "training": entries}))
+    names = ["--dataset_dir", str(data), "--class_names", str(list(PHANTOM_CLASSES))]
+    run_bundle("inferring", CLS[2], *ct, *names, "--ckpt_path", str(model), "--num_samples", "2", "--output_dir", str(tmp_path / "infer"))
+    rows = list(csv.DictReader((tmp_path / "infer" / "predictions.csv").open()))
+    assert rows and all(r["source"].endswith(".nii.gz") and r["prediction"] in PHANTOM_CLASSES for r in rows)
+    for r in rows:
+        assert sum(float(r[f"p_{c}"]) for c in PHANTOM_CLASSES) == pytest.approx(1.0, abs=1e-4)

@@ -104,7 +104,7 @@ class MedVAEApp(MONAILabelApp):
         self.studies = studies
         super().__init__(
             app_dir=app_dir, studies=studies, conf=conf, name="medvae-monai",
-            description="Segmentation head on MedVAE latents", version="0.1.0",
+            description="Segmentation head on MedVAE latents", version="0.2.0",
         )  # fmt: skip
 
     def init_infers(self) -> dict[str, InferTask]:
