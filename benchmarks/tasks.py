@@ -33,6 +33,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = {
-        "command": "python benchmarks/tasks.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/tasks.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "minutes": args.minutes,
         "vae_minutes": args.vae_minutes,
         "published_resnet18_28": PUBLISHED,

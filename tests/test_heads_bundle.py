@@ -103,9 +103,12 @@ def test_lung_ct_3d_classifier_on_phantoms_and_an_msd_datalist(tmp_path):
     on the embedded 3D phantoms and on an MSD-style datalist of NIfTI CT volumes."""
     vae = tmp_path / "vae3d.pt"  # untrained, of common.yaml's architecture in 3D: enough to run the configs
     atomic_torch_save(MedVAE(3, 1, latent_channels=1, channels=(32, 64)).state_dict(), vae)
-    ct = ["--spatial_dims", "3", "--intensity", "ct", "--ct_window", "lung", "--vae_ckpt", str(vae), "--batch_size", "4"]
+    ct = ["--spatial_dims", "3", "--intensity", "ct", "--ct_window", "lung", "--batch_size", "4"]
 
-    run_bundle("training", CLS[0], *ct, "--max_items", "12", "--max_epochs", "1", "--output_dir", str(tmp_path / "train"))
+    run_bundle(
+        "training", CLS[0], *ct, "--vae_ckpt", str(vae), "--max_items", "12", "--max_epochs", "1",
+        "--output_dir", str(tmp_path / "train"),
+    )  # fmt: skip
     model = tmp_path / "train" / "model.pt"
     run_bundle("evaluating", CLS[1], *ct, "--max_items", "6", "--ckpt_path", str(model), "--output_dir", str(tmp_path / "eval"))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
