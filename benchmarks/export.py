@@ -59,17 +59,13 @@ def _batch(data: Path, n: int) -> tuple[torch.Tensor, str]:
 
 def bench(config: str, x: torch.Tensor, repeats: int, tmp: Path) -> dict:
     import onnxruntime as ort
-    from monai.bundle import ConfigParser, ckpt_export, onnx_export
+    from monai.bundle import ckpt_export, onnx_export
 
-    from medvae_monai.utils import load_weights
+    from medvae_monai.config import load_bundle_network
 
-    parser = ConfigParser()
-    parser.read_config(f"bundle/configs/{config}")
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def").eval()
-    ckpt = Path(parser.get_parsed_content("ckpt_path"))
-    if ckpt.is_file():
-        load_weights(net, ckpt)
+    net, ckpt = load_bundle_network(f"bundle/configs/{config}")
+    if ckpt is not None:
         weights = str(ckpt)
     else:
         ckpt = tmp / f"{Path(config).stem}.pt"

@@ -68,7 +68,8 @@ from medvae_monai.networks import (  # noqa: E402
     LatentSegmenter,
     MedVAE,
 )
-from medvae_monai.utils import atomic_write, atomic_write_json, load_weights  # noqa: E402
+from medvae_monai.config import load_bundle_network  # noqa: E402
+from medvae_monai.utils import atomic_write, atomic_write_json  # noqa: E402
 
 # published MedMNIST v2 ResNet-18 (28) test figures (Yang et al., Scientific Data 2023)
 PUBLISHED = {"breastmnist": {"auroc": 0.901, "acc": 0.863}, "pneumoniamnist": {"auroc": 0.944, "acc": 0.854}}
@@ -231,11 +232,9 @@ def train_vae(train_items: list[dict], dims: int, seconds: float) -> tuple[MedVA
 
 def pretrained_vae(path: str) -> tuple[MedVAE, dict]:
     """The committed checkpoint, built from the bundle's own ``network_def`` (common.yaml)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundle/configs/common.yaml"))
-    vae = load_weights(parser.get_parsed_content("network_def"), REPO / path)
+    vae, ckpt = load_bundle_network(REPO / "bundle/configs/common.yaml", ckpt_id="pretrained_ckpt")
+    if ckpt is None or ckpt.resolve() != (REPO / path).resolve():  # the config's path is relative to the CWD
+        raise SystemExit(f"{path} was not loaded: run the benchmark from the repository root")
     return vae, {"source": f"{path}: trained without labels on the MedNIST train split",
                  "latent_channels": vae.latent_channels}
 

@@ -1,4 +1,4 @@
-"""Checks on how a bundle config is run."""
+"""Checks on how a bundle config is run, and its network loaded from Python."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import ast
 import difflib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import torch
 from monai.bundle import ConfigParser
 
 from .errors import InputError, install_cli_excepthook
+from .utils import load_weights
 
-__all__ = ["check_cli_overrides", "config_ids"]
+__all__ = ["check_cli_overrides", "config_ids", "load_bundle_network"]
 
 # arguments of `python -m monai.bundle run` itself, not config ids
 _RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
@@ -76,3 +79,23 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
                 f"unknown config override --{name}: no id '{name}' in {', '.join(files)}.{hint} "
                 "Check the spelling, or add the id to the config."
             )
+
+
+def load_bundle_network(
+    config_file: str | Path, net_id: str = "network_def", ckpt_id: str = "ckpt_path"
+) -> tuple[torch.nn.Module, Path | None]:
+    """The network ``net_id`` of a bundle config, in eval mode, with the checkpoint ``ckpt_id`` names.
+
+    Run it from the repository root, where the configs' ``%bundle/configs/...`` macros resolve.
+
+    Returns:
+        ``(network, checkpoint)``; ``checkpoint`` is ``None``, and the network keeps its initial
+        weights, when the config names no existing file (e.g. heads, which ship no weights).
+    """
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    network = parser.get_parsed_content(net_id).eval()
+    ckpt = parser.get_parsed_content(ckpt_id)
+    if not ckpt or not Path(ckpt).is_file():
+        return network, None
+    return load_weights(network, ckpt), Path(ckpt)

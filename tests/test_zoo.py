@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
-from medvae_monai.utils import load_weights
+from medvae_monai.config import load_bundle_network
 
 from .conftest import REPO
 
@@ -38,14 +38,9 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 def network_and_weights(config: str, tmp_path: Path) -> tuple[torch.nn.Module, Path, bool]:
     """``network_def`` of ``config``, its checkpoint (the committed one, else fresh weights), and
     whether TorchScript can script it (the VAE) or must trace it (the heads)."""
-    parser = ConfigParser()
-    parser.read_config(f"bundle/configs/{config}")
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def").eval()
-    ckpt = Path(parser.get_parsed_content("ckpt_path"))
-    if ckpt.is_file():
-        load_weights(net, ckpt)
-    else:
+    net, ckpt = load_bundle_network(f"bundle/configs/{config}")
+    if ckpt is None:
         ckpt = tmp_path / f"{Path(config).stem}.pt"
         torch.save(net.state_dict(), ckpt)
     return net, ckpt, config == "inference.yaml"
