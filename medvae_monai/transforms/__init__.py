@@ -1,4 +1,5 @@
 from .checks import CheckImaged, CheckImageMaskd
+from .dicom import DicomPictureReader
 from .io import LoadImageCheckedd
 from .intensity import CT_WINDOWS, CTWindow, CTWindowd, window_bounds
 from .latent import DecodeLatentd, EncodeLatentd, LatentGeometryd, attach_latent_geometry, image_affine, latent_affine
@@ -10,6 +11,7 @@ __all__ = [
     "CheckImageMaskd",
     "CheckImaged",
     "DecodeLatentd",
+    "DicomPictureReader",
     "EncodeLatentd",
     "LatentGeometryd",
     "LoadImageCheckedd",

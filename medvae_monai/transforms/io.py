@@ -9,6 +9,7 @@ import torch
 from monai.transforms import LoadImaged, SqueezeDim
 
 from ..errors import InputError
+from .dicom import DicomPictureReader
 
 __all__ = ["LoadImageCheckedd"]
 
@@ -17,7 +18,9 @@ class LoadImageCheckedd(LoadImaged):
     """``LoadImaged`` (nibabel, ITK, PIL, ... readers) whose failures name the file and the fix.
 
     Zero-byte, truncated and corrupt files, and files no reader understands, raise
-    :class:`InputError` instead of the readers' chained errors.
+    :class:`InputError` instead of the readers' chained errors. Single-frame DICOM files are read
+    by :class:`~medvae_monai.transforms.dicom.DicomPictureReader` (modality units, MONOCHROME1
+    inverted, pixel spacing kept).
 
     Args:
         args: passed to ``LoadImaged``.
@@ -28,6 +31,7 @@ class LoadImageCheckedd(LoadImaged):
 
     def __init__(self, *args, spatial_dims: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._loader.register(DicomPictureReader())  # registered last, so it is asked first
         self.squeeze = SqueezeDim(dim=-1) if spatial_dims == 2 else None
 
     def __call__(self, data: Mapping[Hashable, object], reader=None) -> dict[Hashable, torch.Tensor]:
