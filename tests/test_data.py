@@ -51,6 +51,19 @@ def test_split_rule():
         split_items(items, "holdout")
 
 
+def test_patient_split_keeps_each_patient_on_one_side():
+    # 30 patients with 1-3 nodules each; patients 0-9 have a malignant one
+    items = [{"source": f"p{p:02d}_{n}", "patient_id": f"p{p:02d}", "label": int(p < 10 and n == 0)}
+             for p in range(30) for n in range(1 + p % 3)]
+    parts = {s: split_items(items, s) for s in ("train", "val", "test")}
+    patients = {s: {i["patient_id"] for i in v} for s, v in parts.items()}
+    assert not patients["train"] & patients["test"] and not patients["val"] & (patients["train"] | patients["test"])
+    assert sum(len(v) for v in parts.values()) == len(items)
+    # the last sixth of each stratum's sorted patients: 2 of the 10 malignant, 3 of the 20 others
+    assert patients["test"] == {"p08", "p09", "p27", "p28", "p29"}
+    assert split_items(list(reversed(items)), "test") == parts["test"]
+
+
 def test_mednist_split_matches_documented_file_ranges():
     root = data_path("MedNIST")
     test, info = list_items(root, "test")

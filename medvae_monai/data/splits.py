@@ -7,6 +7,10 @@ of files ``000000``–``002999`` splits into train ``000000``–``002249``, val 
 test ``002500``–``002999``. The split depends only on file names, never on a random seed or on
 the order in which the file system lists them. ``trainval`` is train and val together; ``all`` is
 everything.
+
+Items that carry a ``patient_id`` are split by patient, so that no patient is on two sides: the
+same rule applies to the sorted patient IDs, per group of patients with the same highest label
+(e.g. patients with any malignant nodule form one group), and each patient's items follow it.
 """
 
 from __future__ import annotations
@@ -31,24 +35,57 @@ def split_items(
     val_fraction: float = 1 / 12,
     test_fraction: float = 1 / 6,
     group_key: str | None = "label",
+    patient_key: str = "patient_id",
 ) -> list[dict]:
-    """Select the items of ``split`` (one of :data:`SPLITS`) by the rule in the module docstring."""
+    """Select the items of ``split`` (one of :data:`SPLITS`) by the rule in the module docstring.
+
+    Args:
+        items: the items.
+        split: one of :data:`SPLITS`.
+        val_fraction: fraction of each group for ``val``.
+        test_fraction: fraction of each group for ``test``.
+        group_key: item key whose value groups (stratifies) the split.
+        patient_key: item key of the patient; when every item has one, whole patients are split.
+    """
     if split not in SPLITS:
         raise InputError(f"Unknown split {split!r}; use one of {SPLITS}.")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise InputError(f"Split fractions must be in [0, 1) and sum below 1, got val={val_fraction}, test={test_fraction}.")
     if split == "all":
         return sorted(items, key=_sort_key)
+    if items and all(it.get(patient_key) not in (None, "") for it in items):
+        return _split_patients(items, split, val_fraction, test_fraction, group_key, patient_key)
     groups: dict[object, list[dict]] = defaultdict(list)
     for it in items:
         groups[it.get(group_key) if group_key and isinstance(it.get(group_key), (int, str)) else None].append(it)
     out: list[dict] = []
     for key in sorted(groups, key=str):
-        g = sorted(groups[key], key=_sort_key)
-        n_test = round(len(g) * test_fraction)
-        n_val = round(len(g) * val_fraction)
-        n_train = len(g) - n_test - n_val
-        parts = {"train": g[:n_train], "val": g[n_train : n_train + n_val], "test": g[n_train + n_val :]}
-        parts["trainval"] = parts["train"] + parts["val"]
-        out += parts[split]
+        out += _take(sorted(groups[key], key=_sort_key), split, val_fraction, test_fraction)
     return out
+
+
+def _take(ordered: list, split: str, val_fraction: float, test_fraction: float) -> list:
+    n_test = round(len(ordered) * test_fraction)
+    n_val = round(len(ordered) * val_fraction)
+    n_train = len(ordered) - n_test - n_val
+    parts = {"train": ordered[:n_train], "val": ordered[n_train : n_train + n_val], "test": ordered[n_train + n_val :]}
+    parts["trainval"] = parts["train"] + parts["val"]
+    return parts[split]
+
+
+def _split_patients(
+    items: Sequence[dict], split: str, val_fraction: float, test_fraction: float, group_key: str | None, patient_key: str
+) -> list[dict]:
+    by_patient: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        by_patient[str(it[patient_key])].append(it)
+
+    def stratum(patient: str) -> str:
+        labels = [it.get(group_key) for it in by_patient[patient] if group_key and isinstance(it.get(group_key), (int, str))]
+        return str(max(labels, key=str)) if labels else ""
+
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient in sorted(by_patient):
+        strata[stratum(patient)].append(patient)
+    chosen = {p for key in sorted(strata) for p in _take(strata[key], split, val_fraction, test_fraction)}
+    return sorted((it for it in items if str(it[patient_key]) in chosen), key=_sort_key)

@@ -2,6 +2,15 @@ from .checks import CheckImaged, CheckImageMaskd
 from .dicom import DicomPictureReader
 from .io import LoadImageCheckedd
 from .intensity import CT_WINDOWS, CTWindow, CTWindowd, window_bounds
+from .nodule import (
+    NODULE_CUBE,
+    NODULE_HU_WINDOW,
+    NODULE_SPACING_MM,
+    NoduleCrop,
+    NoduleCropd,
+    nodule_centre,
+    nodule_preprocessing,
+)
 from .latent import DecodeLatentd, EncodeLatentd, LatentGeometryd, attach_latent_geometry, image_affine, latent_affine
 
 __all__ = [
@@ -15,8 +24,15 @@ __all__ = [
     "EncodeLatentd",
     "LatentGeometryd",
     "LoadImageCheckedd",
+    "NODULE_CUBE",
+    "NODULE_HU_WINDOW",
+    "NODULE_SPACING_MM",
+    "NoduleCrop",
+    "NoduleCropd",
     "attach_latent_geometry",
     "image_affine",
     "latent_affine",
+    "nodule_centre",
+    "nodule_preprocessing",
     "window_bounds",
 ]
