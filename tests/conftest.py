@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,26 @@ def data_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not found at {p} (set MEDVAE_DATA or place ../shared/data beside the repo)")
     return p
+
+
+CASES = Path(os.environ.get("MEDVAE_CASES", REPO.parent / "shared" / "cases"))
+
+
+def make_case(name: str, dest: Path) -> Path:
+    """Run ``<cases>/<name>/make.py`` with ``dest`` as its folder; returns ``dest / "data"``.
+
+    The bug-report cases (``../shared/cases``) write their inputs beside their ``make.py``; a copy
+    of it runs in ``dest`` (a ``tmp_path``), so no generated data lands in the cases or the repo.
+    Skips the test when the cases are absent.
+    """
+    make = CASES / name / "make.py"
+    if not make.is_file():
+        pytest.skip(f"bug-report case {name!r} not found at {make} (set MEDVAE_CASES or place ../shared/cases)")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "make.py").write_text(make.read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        runpy.run_path(str(dest / "make.py"), run_name="__main__")
+    return dest / "data"
 
 
 def run_bundle(run_id: str, config: str | list[str], *overrides: str, timeout: int = 600, check: bool = True):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from monai.transforms import SqueezeDimd
@@ -28,6 +29,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
 from medvae_monai.data.sources import IMAGE_SUFFIXES
+from medvae_monai.outputs import contained_path
 from medvae_monai.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -84,17 +86,20 @@ class MedVAEBundleTask(BundleInferTask):
         return parser
 
 
-def study_datalist(studies: str) -> str | None:
-    """Write ``<studies>/.medvae_datalist.json``, an MSD datalist of the first study, and return its path.
+def study_datalist(studies: str, output_dir: str | None = None) -> str | None:
+    """Write an MSD datalist of the first study (by absolute path) and return its path.
 
-    Returns None when the folder holds no image yet.
+    It goes to ``output_dir`` (default: a new temporary folder), never into the studies folder:
+    that holds the user's images and MONAI Label's labels. Returns None when the folder holds no
+    image yet.
     """
     images = sorted(f for f in os.listdir(studies) if f.lower().endswith(IMAGE_SUFFIXES))
     if not images:
         return None
-    path = os.path.join(studies, ".medvae_datalist.json")
-    atomic_write_json(path, {"training": [{"image": images[0]}]})
-    return path
+    output_dir = output_dir or tempfile.mkdtemp(prefix="medvae-label-")
+    path = contained_path(output_dir, "datalist.json", input_root=studies)
+    atomic_write_json(path, {"training": [{"image": os.path.abspath(os.path.join(studies, images[0]))}]})
+    return str(path)
 
 
 class MedVAEApp(MONAILabelApp):

@@ -254,6 +254,6 @@ def reconstruction_suffix(dataset_dir: str | os.PathLike | None) -> str:
     kind = source_kind(dataset_dir)
     if kind == "medmnist":
         return ".png"
-    if kind == "folder":
+    if kind in ("folder", "datalist"):
         return ".png" if _suffix(Path(first_image(dataset_dir))) in PICTURE_SUFFIXES else ".nii.gz"
     return ".nii.gz"

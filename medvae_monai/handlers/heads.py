@@ -24,6 +24,7 @@ from monai.utils import CommonKeys as Keys
 from ..engines.heads import posterior_probabilities
 from ..errors import InputError
 from ..networks.heads import LatentImageClassifier
+from ..outputs import contained_path
 from ..utils import atomic_write, atomic_write_json
 
 __all__ = ["HeadMetricsWriter", "PredictionWriter", "classification_metrics", "segmentation_metrics"]
@@ -141,7 +142,7 @@ class HeadMetricsWriter:
         extra: dict | None = None,
         filename: str = "metrics.json",
     ) -> None:
-        self.path = Path(output_dir) / filename
+        self.output_dir, self.filename = output_dir, filename
         self.task = task
         self.class_names = [str(c) for c in class_names]
         self.extra = dict(extra or {})
@@ -174,9 +175,9 @@ class HeadMetricsWriter:
             self.metrics = classification_metrics(
                 torch.cat(self._probs), torch.cat(self._targets), self.class_names, self.task == "multilabel"
             )
-        atomic_write_json(self.path, {**self.metrics, **self.extra, "task": self.task})
+        path = atomic_write_json(contained_path(self.output_dir, self.filename), {**self.metrics, **self.extra, "task": self.task})
         summary = {k: v for k, v in self.metrics.items() if k not in ("per_class", "per_label")}
-        logger.info("Metrics: %s -> %s", summary, self.path)
+        logger.info("Metrics: %s -> %s", summary, path)
 
 
 class PredictionWriter:
@@ -237,12 +238,12 @@ class PredictionWriter:
             )
 
     def _write(self, engine: Engine) -> None:
-        atomic_write_json(self.output_dir / "predictions.json", {"num_samples": self.num_samples, "images": self.rows})
+        atomic_write_json(contained_path(self.output_dir, "predictions.json"), {"num_samples": self.num_samples, "images": self.rows})
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["source", "prediction"] + [f"p_{c}" for c in self.class_names] + [f"std_{c}" for c in self.class_names])
         for r in self.rows:
             w.writerow([r["source"], r["prediction"]] + [f"{r['probability'][c]:.6f}" for c in self.class_names]
                        + [f"{r['probability_std'][c]:.6f}" for c in self.class_names])
-        atomic_write(self.output_dir / "predictions.csv", lambda f: f.write(buf.getvalue()), mode="w")
-        logger.info("Wrote %d predictions to %s", len(self.rows), self.output_dir / "predictions.csv")
+        path = atomic_write(contained_path(self.output_dir, "predictions.csv"), lambda f: f.write(buf.getvalue()), mode="w")
+        logger.info("Wrote %d predictions to %s", len(self.rows), path)

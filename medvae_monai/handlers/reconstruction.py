@@ -16,6 +16,7 @@ from monai.metrics import SSIMMetric
 from monai.utils import CommonKeys as Keys
 
 from ..losses import ELBOLoss, KLWarmup
+from ..outputs import contained_path
 from ..utils import atomic_write, atomic_write_json
 
 __all__ = ["KLWarmupHandler", "ReconstructionGrid", "MetricsWriter", "SSIM", "reconstruction_grid"]
@@ -133,7 +134,7 @@ class ReconstructionGrid:
             Image.fromarray(grid).save(buf, format="PNG")
             f.write(buf.getvalue())
 
-        atomic_write(self.output_dir / "reconstructions.png", save)
+        atomic_write(contained_path(self.output_dir, "reconstructions.png"), save)
         if self.writer is not None:
             self.writer.add_image("input | reconstruction | error", grid[None], global_step=engine.state.epoch)
 
@@ -148,8 +149,12 @@ class MetricsWriter:
     """
 
     def __init__(self, output_dir: str | os.PathLike, extra: dict | None = None, filename: str = "metrics.json") -> None:
-        self.path = Path(output_dir) / filename
+        self.output_dir, self.filename = output_dir, filename
         self.extra = dict(extra or {})
+
+    @property
+    def path(self) -> Path:
+        return contained_path(self.output_dir, self.filename)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)

@@ -25,6 +25,7 @@ again skips the finished shards and produces the same bytes as an uninterrupted 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -48,6 +49,7 @@ from ..data import DatasetInfo, list_items, preprocessing, split_items
 from ..data.sources import PICTURE_SUFFIXES, VOLUME_SUFFIXES
 from ..errors import InputError
 from ..networks import MedVAE
+from ..outputs import contained_path, output_path_for
 from ..transforms import LoadImageCheckedd
 from ..utils import atomic_write, atomic_write_json, ensure_writable_dir, load_weights
 from .tiling import tiled_decode, tiled_encode
@@ -243,6 +245,7 @@ def encode_dataset(
     if root is not None and root.is_file():  # a datalist .json: paths are relative to its folder
         root = root.parent
     sources = [it["source"] for it in items]
+    sources_abs = frozenset(Path(it["image"]).resolve() for it in items if isinstance(it.get("image"), (str, os.PathLike)))
     meta = {
         "format": FORMAT,
         "model": model_identity(network),
@@ -264,7 +267,7 @@ def encode_dataset(
         "tile_size": tile_size,
         "overlap": overlap,
     }
-    store_file = out / STORE_FILE
+    store_file = contained_path(out, STORE_FILE, input_root=root)
     if store_file.exists():
         old = LatentStore(out).meta
         changed = sorted(k for k in meta if old.get(k) != meta[k] and k != "ckpt_path")
@@ -276,7 +279,7 @@ def encode_dataset(
             )
     else:
         atomic_write_json(store_file, meta)
-    shard_dir = out / SHARD_DIR
+    shard_dir = contained_path(out, SHARD_DIR, input_root=root)
     shard_dir.mkdir(exist_ok=True)
     for stale in shard_dir.glob(".*.tmp"):  # temp files of a killed run
         stale.unlink(missing_ok=True)
@@ -286,7 +289,7 @@ def encode_dataset(
     )
     np_dtype = np.dtype(dtype)
     for k in range(meta["num_shards"]):
-        npy, manifest = shard_dir / f"{k:05d}.npy", shard_dir / f"{k:05d}.json.gz"
+        npy, manifest = (contained_path(out, f"{SHARD_DIR}/{k:05d}{ext}", sources_abs, root) for ext in (".npy", ".json.gz"))
         if manifest.exists() and npy.exists() and _read_manifest(manifest)["sha256"] == _sha256_file(npy):
             continue
         if manifest.exists():
@@ -472,20 +475,30 @@ class LatentStore:
             x, affine=torch.tensor(rec["affine"], dtype=torch.float64), meta={"filename_or_obj": rec["source"]}
         )
 
-    def output_path(self, index: int) -> Path:
-        """Relative path of item ``index``'s decoded file: its source path with ``.png`` or ``.nii.gz``."""
+    @functools.cached_property
+    def _sources(self) -> frozenset[Path]:
+        """Where the items' source files are (resolved), which decoding must not overwrite; none for phantoms/MedMNIST."""
+        root = self.meta.get("source_root")
+        return frozenset(Path(root, r["source"]).resolve() for r in self.records) if root else frozenset()
+
+    def output_path(self, index: int, output_dir: str | os.PathLike = ".") -> Path:
+        """Item ``index``'s decoded file under ``output_dir``: its source's safe relative name with
+        ``.png`` or ``.nii.gz`` (see :func:`~medvae_monai.outputs.output_path_for`).
+
+        Raises:
+            InputError: the path would resolve outside ``output_dir`` or onto an encoded source.
+        """
         rec = self.records[index]
-        src = rec["source"]
-        for suffix in sorted(PICTURE_SUFFIXES + VOLUME_SUFFIXES, key=len, reverse=True):
-            if src.lower().endswith(suffix):
-                src = src[: -len(suffix)]
-                break
-        return Path(src + rec["output_ext"])
+        return output_path_for(rec["source"], output_dir, self.meta.get("source_root"), ext=rec["output_ext"], inputs=self._sources)
 
     def write_decoded(self, index: int, image: MetaTensor, output_dir: str | os.PathLike) -> Path:
-        """Atomically write a decoded item as PNG (uint8) or NIfTI (float32, original affine)."""
+        """Atomically write a decoded item as PNG (uint8) or NIfTI (float32, original affine).
+
+        Raises:
+            InputError: the output path is not contained (see :meth:`output_path`).
+        """
         rec = self.records[index]
-        path = Path(output_dir) / self.output_path(index)
+        path = self.output_path(index, output_dir)
         arr = image.detach().cpu().numpy()
         if rec["output_ext"] == ".png":
             pic = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
@@ -507,10 +520,21 @@ class LatentStore:
         indices: Sequence[int] | None = None,
         device: str | torch.device | None = None,
     ) -> list[Path]:
-        """Decode items (default: all) into ``output_dir``, keeping each source's relative path."""
+        """Decode items (default: all) into ``output_dir``, each named after its source (see :meth:`output_path`).
+
+        Every output path is checked before the first is written, so a refused store writes nothing.
+        """
         ensure_writable_dir(output_dir)
         network.eval()
         idx = range(len(self)) if indices is None else indices
+        paths = [self.output_path(i, output_dir) for i in idx]
+        seen: set[Path] = set()
+        for dup in paths:
+            if dup in seen:
+                raise InputError(
+                    f"{dup}: two sources of {self.path} map to this one output name; decode them into separate --output_dir."
+                )
+            seen.add(dup)
         return [self.write_decoded(i, self.decode(i, network, device), output_dir) for i in idx]
 
     def mask(self, index: int) -> MetaTensor:

@@ -1,0 +1,111 @@
+"""Output containment: every output path stays under output_dir and is never an input file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medvae_monai.errors import InputError
+from medvae_monai.outputs import ContainedFolderLayout, contained_path, output_path_for, safe_relative_name
+
+
+@pytest.mark.parametrize(
+    "source, root, name",
+    [
+        ("Hand/003000.jpeg", "/data/MedNIST", "Hand/003000.jpeg"),
+        ("/data/vols/case0.nii.gz", "/data/lists", "vols/case0.nii.gz"),  # absolute, beside the datalist
+        ("../vols/case0.nii.gz", "/data/lists", "vols/case0.nii.gz"),  # the same entry, relative
+        ("../../../../etc/passwd", "/data/lists", "etc/passwd"),
+        ("/data/lists/./a/../b.png", "/data/lists", "b.png"),
+        ("/elsewhere/x.nii", None, "x.nii"),  # no root: the file name
+        ("a/../../x.nii", None, "x.nii"),
+    ],
+)
+def test_safe_relative_name(source: str, root: str | None, name: str) -> None:
+    assert safe_relative_name(source, root).as_posix() == name
+
+
+def test_output_path_for_strips_the_image_suffix_and_adds_the_postfix(tmp_path: Path) -> None:
+    out = output_path_for("/data/vols/case0.nii.gz", tmp_path, "/data/lists", "recon", ".nii.gz")
+    assert out == tmp_path / "vols" / "case0_recon.nii.gz"
+
+
+def test_output_onto_its_own_input_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "case0.nii.gz"
+    src.write_bytes(b"input")
+    with pytest.raises(InputError, match="input"):  # output_dir = the input folder, same name
+        output_path_for(src, tmp_path, tmp_path, ext=".nii.gz")
+    assert src.read_bytes() == b"input"
+
+
+def test_hard_link_to_an_input_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "a.png"
+    src.parent.mkdir()
+    src.write_bytes(b"input")
+    (tmp_path / "out").mkdir()
+    os.link(src, tmp_path / "out" / "a.png")
+    with pytest.raises(InputError, match="input"):
+        contained_path(tmp_path / "out", "a.png", [src])
+
+
+def test_symlinked_sub_folder_of_output_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "vols").symlink_to(tmp_path / "inputs", target_is_directory=True)
+    with pytest.raises(InputError, match="outside --output_dir"):
+        output_path_for("/data/vols/case0.nii.gz", tmp_path / "out", "/data/lists", ext=".nii.gz")
+
+
+def test_symlinked_source_is_named_by_its_link(tmp_path: Path) -> None:
+    (tmp_path / "real.nii.gz").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link.nii.gz").symlink_to(tmp_path / "real.nii.gz")
+    out = output_path_for(tmp_path / "data" / "link.nii.gz", tmp_path / "out", tmp_path / "data", "recon", ".nii.gz")
+    assert out == tmp_path / "out" / "link_recon.nii.gz"
+
+
+def test_output_into_the_input_folder_is_refused_unless_a_dedicated_sub_folder(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    with pytest.raises(InputError, match="input folder"):
+        contained_path(tmp_path / "data", "a_recon.png", input_root=tmp_path / "data")
+    assert contained_path(tmp_path / "data" / "out", "a_recon.png", input_root=tmp_path / "data").name == "a_recon.png"
+
+
+def test_folder_layout_for_save_imaged(tmp_path: Path) -> None:
+    layout = ContainedFolderLayout(tmp_path / "out", tmp_path / "lists" / "datalist.json", "recon", ".nii.gz")
+    name = layout.filename(subject=str(tmp_path / "vols" / "case0.nii.gz"), idx=None)
+    assert Path(name) == tmp_path / "out" / "vols" / "case0_recon.nii.gz"
+
+
+_segment = st.sampled_from(["..", ".", "a", "b", "vols", "x.nii.gz", "y.png", "link"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(_segment, min_size=1, max_size=8),
+    absolute=st.booleans(),
+    root_parts=st.lists(st.sampled_from(["a", "b", "lists"]), max_size=3),
+    postfix=st.sampled_from(["", "recon", "seg"]),
+    ext=st.sampled_from(["", ".png", ".nii.gz"]),
+)
+def test_any_output_path_stays_under_output_dir(
+    tmp_path_factory, parts: list[str], absolute: bool, root_parts: list[str], postfix: str, ext: str
+) -> None:
+    base = tmp_path_factory.getbasetemp() / "prop"
+    out, root = base / "out", base.joinpath("in", *root_parts)
+    if not (out / "link").exists():  # a symlink inside output_dir that leads back to the inputs
+        out.mkdir(parents=True, exist_ok=True)
+        (base / "in").mkdir(exist_ok=True)
+        (out / "link").symlink_to(base / "in", target_is_directory=True)
+    source = os.path.join(str(base) if absolute else "", *parts)
+    try:
+        path = output_path_for(source, out, root, postfix, ext)
+    except InputError:
+        return  # refused by name: allowed
+    real = path.resolve()
+    assert out.resolve() in real.parents
+    assert real != Path(os.path.normpath(os.path.join(root, source))).resolve()
