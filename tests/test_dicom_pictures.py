@@ -99,3 +99,24 @@ def test_missing_decoder_named(tmp_path: Path, stored: np.ndarray, monkeypatch) 
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: _Unavailable())
     with pytest.raises(InputError, match="j2k.dcm.*JPEG 2000.*pylibjpeg-openjpeg"):
         load(path)
+
+
+def test_classifier_rule_breast_region_at_fixed_size(tmp_path: Path) -> None:
+    from monai.data import MetaTensor
+
+    from medvae_monai.transforms import ForegroundToSized
+
+    film = np.zeros((1, 900, 600), np.float32)  # (C, x, y): air with a breast on the chest wall (x = 0)
+    film[0, :400, 100:500] = 0.6
+    film[0, 350:360, 290:300] = 1.0  # a dense spot, kept at the same relative place
+    rule = ForegroundToSized("image", size=128, threshold=0.05, margin=0)
+    out = rule({"image": MetaTensor(torch.from_numpy(film), affine=torch.diag(torch.tensor([0.07, 0.07, 1, 1.0])))})
+    img = out["image"]
+    assert img.shape == (1, 128, 128)
+    # 400 x 400 breast -> 128 x 128: the breast fills the output, the air beside it is cropped away
+    assert float((img > 0.05).float().mean()) > 0.95
+    assert abs(float(img.affine[0, 0]) - 0.07 * 400 / 128) < 1e-6  # spacing follows the resize
+    spot = np.unravel_index(int(img[0].argmax()), (128, 128))
+    assert abs(spot[0] - 355 * 128 / 400) <= 2 and abs(spot[1] - 195 * 128 / 400) <= 2
+    small = MetaTensor(torch.rand(1, 64, 64))
+    assert rule({"image": small})["image"] is small  # images no larger than size pass unchanged

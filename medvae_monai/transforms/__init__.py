@@ -11,6 +11,7 @@ from .nodule import (
     nodule_centre,
     nodule_preprocessing,
 )
+from .region import ForegroundToSize, ForegroundToSized
 from .latent import DecodeLatentd, EncodeLatentd, LatentGeometryd, attach_latent_geometry, image_affine, latent_affine
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "CheckImaged",
     "DecodeLatentd",
     "DicomPictureReader",
+    "ForegroundToSize",
+    "ForegroundToSized",
     "EncodeLatentd",
     "LatentGeometryd",
     "LoadImageCheckedd",
