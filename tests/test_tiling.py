@@ -98,3 +98,30 @@ def test_bad_tiles_are_refused():
         tiled_encode(net, x, tile_size=32, overlap=32)
     with pytest.raises(InputError, match="latent"):
         tiled_decode(net, torch.rand(1, 2, 16, 16))
+
+
+def test_enable_tiling_makes_encode_and_decode_tile_large_inputs_only(monkeypatch):
+    """diffusers-style model method: inputs above the tile size go through tiles, others do not."""
+    import medvae_monai.latents.tiling as tiling
+
+    net = _network(2)
+    torch.manual_seed(2)
+    big, small = torch.rand(1, 1, 200, 168), torch.rand(1, 1, 64, 48)
+    with torch.no_grad():
+        mu, sigma = net.encode(big)
+        recon = net.decode(mu, spatial_size=[200, 168])
+        small_mu = net.encode(small)[0]
+    calls, tiled = [], tiling._tiled
+    monkeypatch.setattr(tiling, "_tiled", lambda *a, **k: calls.append(a[2]) or tiled(*a, **k))
+    assert net.enable_tiling(96, 32) is net
+    with torch.no_grad():
+        mu_t, sigma_t = net.encode(big)
+        recon_t = net.decode(mu_t, spatial_size=[200, 168])
+        assert calls == [96, 24]  # one tiled encode (image voxels), one tiled decode (latent voxels)
+        torch.testing.assert_close(net.encode(small)[0], small_mu)  # no side above 96: whole image
+    assert len(calls) == 2 and net.tile_size == 96
+    assert _relative_error(mu_t, mu) < TOLERANCE and _relative_error(sigma_t, sigma) < TOLERANCE
+    assert recon_t.shape == big.shape and _relative_error(recon_t, recon) < TOLERANCE
+    with pytest.raises(ValueError, match="multiples of the downsampling factor 4"):
+        net.enable_tiling(98, 32)
+    assert net.enable_tiling(None).tile_size is None

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["tile_starts", "tiled_encode", "tiled_decode"]
+__all__ = ["tile_starts", "tiled_encode", "tiled_decode", "tiled_posterior"]
 
 
 def tile_starts(size: int, tile: int, step: int) -> list[int]:
@@ -107,14 +107,14 @@ def _check_tiles(
 
 
 @torch.no_grad()
-def tiled_encode(
+def tiled_posterior(
     network: torch.nn.Module,
     image: torch.Tensor,
     tile_size: int = 128,
     overlap: int = 32,
     device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Posterior mean of ``image`` computed tile by tile.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior ``(mu, sigma)`` of ``image`` computed tile by tile (both blended across seams).
 
     Args:
         network: a :class:`~medvae_monai.networks.MedVAE` in eval mode.
@@ -124,14 +124,32 @@ def tiled_encode(
         device: where tiles run; defaults to the network's device.
 
     Returns:
-        ``mu`` of shape ``(B, latent_channels, *ceil(S / f))`` on the CPU, float32.
+        ``mu`` and ``sigma``, each ``(B, latent_channels, *ceil(S / f))`` on the CPU, float32.
     """
     f, device = _check_tiles(network, tile_size, overlap, "image", device)
     network.check_input(image)
     padded = network.pad_to_factor(image)  # sizes become multiples of f, so every tile start is aligned
-    return _tiled(
-        lambda t: network.encode(t)[0], padded, tile_size, overlap, f, 1.0 / f, network.latent_channels, device
+    both = _tiled(
+        lambda t: torch.cat(network.encode(t), dim=1), padded, tile_size, overlap, f, 1.0 / f,
+        2 * network.latent_channels, device,
     )
+    return both[:, : network.latent_channels], both[:, network.latent_channels :]
+
+
+@torch.no_grad()
+def tiled_encode(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    tile_size: int = 128,
+    overlap: int = 32,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Posterior mean of ``image`` computed tile by tile: :func:`tiled_posterior`'s ``mu``.
+
+    Returns:
+        ``mu`` of shape ``(B, latent_channels, *ceil(S / f))`` on the CPU, float32.
+    """
+    return tiled_posterior(network, image, tile_size, overlap, device)[0]
 
 
 @torch.no_grad()

@@ -89,6 +89,11 @@ class MedVAE(nn.Module):
     any size of at least ``downsample_factor`` works. :meth:`decode` returns the padded size unless
     ``spatial_size`` is given.
 
+    Like diffusers' ``AutoencoderKL.enable_tiling``, :meth:`enable_tiling` makes :meth:`encode` and
+    :meth:`decode` work tile by tile (overlapping tiles, blended seams,
+    :mod:`medvae_monai.latents.tiling`) on inputs with a side above the tile size, so memory is
+    bounded by the tile whatever the image size; smaller inputs take the whole-image path.
+
     Args:
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: image channels (1 for greyscale, 3 for RGB). The output has the same number.
@@ -144,6 +149,8 @@ class MedVAE(nn.Module):
         self.in_channels = in_channels
         self.latent_channels = latent_channels
         self.downsample_factor = downsample_factor
+        self.tile_size: int | None = None  # image voxels per tile side; None: whole images (enable_tiling)
+        self.tile_overlap: int = 0
         conv = Conv[Conv.CONV, spatial_dims]
         fold = 2**spatial_dims  # channels gained by one pixel (un)shuffle step
         decoder_res_blocks = num_res_blocks + 1 if decoder_res_blocks is None else decoder_res_blocks
@@ -194,10 +201,67 @@ class MedVAE(nn.Module):
                 f"got {tuple(x.shape[2:])}. Pad or resample the input."
             )
 
+    def enable_tiling(self, tile_size: int | None = 512, overlap: int = 64) -> MedVAE:
+        """Encode and decode inputs with a side above ``tile_size`` tile by tile; returns ``self``.
+
+        The network is fully convolutional (without ``attention``), so a tile larger than the
+        training images changes nothing but memory, and the result matches the whole-image one up
+        to the receptive field at the seams (``tests/test_tiling.py``). With ``attention`` the tile
+        should be the training size, since attention sees one tile at a time. Tiling applies in
+        eval mode only: training takes whole images, with gradients.
+
+        Args:
+            tile_size: tile edge in image voxels, a multiple of ``downsample_factor``; ``None``
+                disables tiling.
+            overlap: image voxels shared by neighbouring tiles, a multiple of ``downsample_factor``
+                and below ``tile_size``.
+
+        Raises:
+            ValueError: sizes that are not multiples of ``downsample_factor``.
+        """
+        f = self.downsample_factor
+        if tile_size is not None and (tile_size % f or overlap % f or not 0 <= overlap < tile_size):
+            raise ValueError(
+                f"enable_tiling: tile_size {tile_size} and overlap {overlap} must be multiples of the downsampling "
+                f"factor {f} with 0 <= overlap < tile_size, e.g. tile_size={64 * f}, overlap={8 * f}."
+            )
+        self.tile_size = None if tile_size is None else int(tile_size)
+        self.tile_overlap = int(overlap)
+        return self
+
+    def _tiles(self, spatial: list[int], scale: int) -> bool:
+        # eval mode only: tiles run without gradients, so training always takes whole images
+        return self.tile_size is not None and not self.training and max(spatial) * scale > self.tile_size
+
+    @torch.jit.unused
+    def _tiled_encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..latents.tiling import tiled_posterior  # the tiling module builds on this one
+
+        tile, overlap = self.tile_size, self.tile_overlap
+        self.tile_size = None  # tiles take the whole-image path
+        try:
+            mu, sigma = tiled_posterior(self, x, tile, overlap)
+        finally:
+            self.tile_size = tile
+        return mu.to(x.device), sigma.to(x.device)
+
+    @torch.jit.unused
+    def _tiled_decode(self, z: torch.Tensor, spatial_size: list[int] | None) -> torch.Tensor:
+        from ..latents.tiling import tiled_decode
+
+        f, tile, overlap = self.downsample_factor, self.tile_size, self.tile_overlap
+        self.tile_size = None
+        try:
+            return tiled_decode(self, z, tile // f, overlap // f, spatial_size).to(z.device)
+        finally:
+            self.tile_size = tile
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the posterior ``(mu, sigma)``, each ``(B, latent_channels, *ceil(S / f))``."""
         if not torch.jit.is_scripting():  # TorchScript cannot compile the message formatting
             self.check_input(x)
+            if self._tiles(list(x.shape[2:]), 1):
+                return self._tiled_encode(x)
         h = space_to_depth(self.pad_to_factor(x), self.spatial_dims)
         mu, logvar = self.to_moments(self.encoder(h)).chunk(2, dim=1)
         sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # keeps sigma numerically safe
@@ -220,6 +284,8 @@ class MedVAE(nn.Module):
                 "MedVAE.decode expects (B, latent_channels, *spatial) with spatial_dims spatial dims; got a latent "
                 "of another shape (check latent_channels and spatial_dims against the encoder's)."
             )
+        if not torch.jit.is_scripting() and self._tiles(list(z.shape[2:]), self.downsample_factor):
+            return self._tiled_decode(z, spatial_size)
         h = self.attention(self.from_latent(z))
         for i, (blocks, up) in enumerate(zip(self.up_blocks, self.up_convs)):
             h = blocks(h)
@@ -242,6 +308,7 @@ class MedVAE(nn.Module):
         """A ``cls`` (e.g. an export variant) with ``vae``'s architecture and a copy of its weights."""
         net = cls(**vae.hparams)
         net.load_state_dict(vae.state_dict())
+        net.enable_tiling(vae.tile_size, vae.tile_overlap)
         return net.to(next(vae.parameters()).device)
 
     @property
