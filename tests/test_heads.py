@@ -9,18 +9,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from medvae_monai.data import CheckedCacheDataset, list_items, preprocessing
-from medvae_monai.engines import (
-    ClassificationLoss,
-    HeadTrainer,
-    SegmentationLoss,
-    cache_latents,
-    class_weights,
-    label_counts,
-    posterior_probabilities,
-    require_targets,
-)
+from medvae_monai.engines import HeadTrainer, class_weights, label_counts, require_targets
 from medvae_monai.errors import InputError
 from medvae_monai.handlers import classification_metrics
+from medvae_monai.inferers import PosteriorSamplingInferer
+from medvae_monai.latents import cache_latents
+from medvae_monai.losses import ClassificationLoss, SegmentationLoss
 from medvae_monai.networks import (
     LatentClassifier,
     LatentImageClassifier,
@@ -136,16 +130,18 @@ def test_posterior_uncertainty_reflects_sigma():
     vae = MedVAE(2, 1, latent_channels=2, channels=(8, 16))
     net = LatentImageClassifier(vae, LatentClassifier(2, 2, 3, channels=(8, 16), dropout=0.0))
     x = torch.rand(4, 1, 16, 16)
-    mean, std = posterior_probabilities(net, x, num_samples=32)
+    samples = PosteriorSamplingInferer(num_samples=32)(x, net)  # (B, samples, K)
+    assert samples.shape == (4, 32, 3)
+    mean, std = samples.mean(1), samples.std(1)
     torch.testing.assert_close(mean.sum(1), torch.ones(4))
     assert (std > 0).all()
     with torch.no_grad():  # a near-deterministic posterior: log-variance channels at their floor
         vae.to_moments.bias[2:] = -60.0
         vae.to_moments.weight[2:] = 0.0
-    _, std_small = posterior_probabilities(net, x, num_samples=32)
+    std_small = PosteriorSamplingInferer(num_samples=32)(x, net).std(1)
     assert std_small.max() < 1e-4 < std.max()
     with pytest.raises(InputError, match="num_samples"):
-        posterior_probabilities(net, x, num_samples=1)
+        PosteriorSamplingInferer(num_samples=1)
 
 
 def test_cached_latents_train_frozen_head_only():

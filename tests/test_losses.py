@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medvae_monai.losses import AdversarialTerm, ELBOLoss, KLWarmup, gaussian_kl
+from ignite.engine import Engine, Events
+
+from medvae_monai.handlers import KLWarmup
+from medvae_monai.losses import AdversarialTerm, ELBOLoss, gaussian_kl
 from medvae_monai.networks import MedVAE
 
 from .conftest import data_path
@@ -48,10 +51,21 @@ def test_elbo_terms(kind):
         ELBOLoss(kind)(recon[:, :, :4], x, mu, sigma)
 
 
+def _kl_weights(schedule: KLWarmup, iterations: int) -> list[float]:
+    """The engine-state KL weight each iteration of a real ignite engine sees, from the first on."""
+    engine = Engine(lambda e, batch: e.state.kl_weight)
+    seen: list[float] = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.output))
+    schedule.attach(engine)
+    engine.run(range(iterations), max_epochs=1)
+    return seen
+
+
 def test_kl_warmup_schedule():
-    w = KLWarmup(1e-3, warmup_steps=100)
-    assert [w(0), w(50), w(100), w(1000)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
-    assert KLWarmup(0.5)(0) == 0.5
+    w = _kl_weights(KLWarmup(1e-3, warmup_steps=100), 1000)  # w[i - 1]: the weight of iteration i
+    assert [KLWarmup(1e-3, 100).get_param(), w[49], w[99], w[999]] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
+    assert w[0] == pytest.approx(1e-5)  # step 0 is before the first iteration
+    assert _kl_weights(KLWarmup(0.5), 1) == [0.5]
     with pytest.raises(ValueError):
         KLWarmup(-1.0)
 

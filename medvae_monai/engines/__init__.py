@@ -1,28 +1,15 @@
-from .heads import (
-    ClassificationLoss,
-    HeadTrainer,
-    ImageTarget,
-    SegmentationLoss,
-    cache_latents,
-    class_weights,
-    label_counts,
-    posterior_probabilities,
-    require_targets,
-)
-from .vae import LOSS_TERMS, ImageAsTarget, VAETrainer, loss_terms
+from .heads import HeadTrainer, class_weights, label_counts, require_targets
+from .iteration import LOSS_TERMS, loss_terms
+from .prepare import ImageTarget
+from .vae import VAETrainer
 
 __all__ = [
     "LOSS_TERMS",
-    "ClassificationLoss",
     "HeadTrainer",
-    "ImageAsTarget",
     "ImageTarget",
-    "SegmentationLoss",
     "VAETrainer",
-    "cache_latents",
     "class_weights",
     "label_counts",
     "loss_terms",
-    "posterior_probabilities",
     "require_targets",
 ]

@@ -1,4 +1,7 @@
-"""Distributed data-parallel (DDP) training of a MedVAE, used by ``bundle/configs/multi_gpu_train.yaml``."""
+"""Distributed data-parallel (DDP) training of a MedVAE, used by ``bundle/configs/multi_gpu_train.yaml``.
+
+DDP wraps the :class:`~medvae_monai.networks.MedVAE` itself: :class:`~medvae_monai.engines.VAETrainer`
+trains through its ``forward``, where DDP all-reduces the gradients."""
 
 from __future__ import annotations
 
@@ -8,33 +11,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..networks import MedVAE
-
-__all__ = ["VAETrainingForward", "log_rank_summary"]
+__all__ = ["log_rank_summary"]
 
 logger = logging.getLogger("medvae_monai")
-
-
-class VAETrainingForward(nn.Module):
-    """The stochastic training pass of a :class:`MedVAE` as one ``forward``, for DDP to wrap.
-
-    DDP all-reduces gradients only for a pass through its own ``forward``, but the bundle's
-    network is the deterministic :class:`~medvae_monai.networks.VAEReconstruction` and
-    :class:`~medvae_monai.engines.VAETrainer` needs ``(recon, mu, sigma)`` from a sampled latent.
-    This module holds the very same network (no copy), so the evaluator, the optimiser and the
-    checkpoints keep using it unchanged.
-
-    Args:
-        vae: any :class:`MedVAE` (or subclass); its parameters are shared, not copied.
-    """
-
-    def __init__(self, vae: MedVAE) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, C, *S) -> (recon (B, C, *S), mu, sigma (B, latent_channels, *ceil(S / f)))``."""
-        return MedVAE.forward(self.vae, x)  # samples z in training mode, whatever vae's subclass
 
 
 def log_rank_summary(engine, network: nn.Module) -> str:

@@ -1,9 +1,9 @@
-"""Training of diagnostic heads on VAE latents, frozen or fine-tuned, and posterior-sampling uncertainty.
+"""Training of diagnostic heads on VAE latents, frozen or fine-tuned.
 
 Two modes share one trainer, :class:`HeadTrainer`:
 
 - frozen: the VAE is fixed and only the head learns. Batches may carry the posterior moments
-  cached in memory (``mu``/``sigma`` keys, see :func:`cache_latents`), so the encoder runs once
+  cached in memory (``mu``/``sigma`` keys, see :func:`~medvae_monai.latents.cache_latents`), so the encoder runs once
   per image, not once per epoch.
 - fine-tuned: the encoder learns with the head, optionally keeping an ELBO reconstruction term
   so that the latent stays a faithful code of the image.
@@ -16,45 +16,22 @@ from collections.abc import Sequence
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import PrepareBatch
-from monai.losses import DiceCELoss
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import InputError
 from ..losses import ELBOLoss
 from ..networks.heads import CLASSIFICATION_TASKS, LatentImageClassifier, LatentImageSegmenter
-from .vae import complete_iteration
+from .iteration import autocast, backward_step, complete_iteration
+from .prepare import ImageTarget
 
 __all__ = [
-    "ClassificationLoss",
     "HeadTrainer",
-    "ImageTarget",
-    "SegmentationLoss",
-    "cache_latents",
     "class_weights",
     "label_counts",
-    "posterior_probabilities",
     "require_targets",
 ]
-
-
-class ImageTarget(PrepareBatch):
-    """``prepare_batch`` returning ``(image, target)`` from chosen keys (``mask`` for segmentation)."""
-
-    def __init__(self, image_key: str = "image", target_key: str = "label") -> None:
-        self.image_key = image_key
-        self.target_key = target_key
-
-    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
-        if self.target_key not in batchdata:
-            raise InputError(
-                f"the batch has no '{self.target_key}' (keys: {sorted(batchdata)}). Use a dataset with labels "
-                "(class folders, a MedMNIST .npz, or a datalist with masks) or set the target key."
-            )
-        x = batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs)
-        return x, batchdata[self.target_key].to(device=device, non_blocking=non_blocking, **kwargs)
 
 
 _TARGET_HELP = {
@@ -135,87 +112,6 @@ def class_weights(items: Sequence[dict], num_classes: int, task: str = "multicla
     return counts.sum() / (num_classes * counts.clamp_min(1))
 
 
-class ClassificationLoss(nn.Module):
-    """Cross-entropy for binary/multi-class heads, BCE for multi-label, with optional class weights.
-
-    Args:
-        task: ``binary``, ``multiclass`` or ``multilabel``.
-        weight: per-class weights (``pos_weight`` for multi-label), e.g. from :func:`class_weights`.
-
-    Shapes:
-        ``logits``: ``(B, K)``; ``target``: ``(B,)`` or ``(B, 1)`` class indices, ``(B, K)`` for multi-label.
-    """
-
-    def __init__(self, task: str = "multiclass", weight: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.task = task
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=self.weight)
-        return F.cross_entropy(logits, target.reshape(-1).long(), weight=self.weight)
-
-
-class SegmentationLoss(DiceCELoss):
-    """Dice + cross-entropy on logits ``(B, K, *S)`` against a label map ``(B, 1, *S)`` (MONAI ``DiceCELoss``).
-
-    The Dice term leaves out the background: small lesions would otherwise be outweighed by the
-    background's near-perfect Dice, and an all-background prediction is a stable early optimum.
-    """
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("to_onehot_y", True)
-        kwargs.setdefault("softmax", True)
-        kwargs.setdefault("include_background", False)
-        super().__init__(**kwargs)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return super().forward(logits, target.round().long())
-
-
-@torch.no_grad()
-def cache_latents(
-    network: LatentImageClassifier, data: Sequence[dict], batch_size: int = 64, device: str | torch.device = "cpu"
-) -> list[dict]:
-    """Encode every item's ``image`` once and keep the posterior in memory.
-
-    Returns items ``{"mu": (Cz, *L), "sigma": (Cz, *L), **other keys}`` (without the image), for a
-    frozen head trained by :class:`HeadTrainer`.
-    """
-    network.eval()
-    out: list[dict] = []
-    for start in range(0, len(data), batch_size):
-        chunk = data[start : start + batch_size]
-        # plain tensors: MetaTensor bookkeeping would slow every later step on the cached latents
-        x = torch.stack([torch.as_tensor(d["image"]).as_subclass(torch.Tensor) for d in chunk]).float().to(device)
-        mu, sigma = network.vae.encode(x)
-        for d, m, s in zip(chunk, mu.cpu(), sigma.cpu()):
-            out.append({**{k: v for k, v in d.items() if k != "image"}, "mu": m, "sigma": s})
-    return out
-
-
-@torch.no_grad()
-def posterior_probabilities(
-    network: LatentImageClassifier, x: torch.Tensor, num_samples: int = 16
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictive probability under the posterior: mean and standard deviation over ``z ~ q(z | x)``.
-
-    Args:
-        network: a trained :class:`~medvae_monai.networks.LatentImageClassifier`.
-        x: images ``(B, C, *S)``.
-        num_samples: posterior samples per image.
-
-    Returns:
-        ``(mean, std)``, each ``(B, num_classes)``.
-    """
-    if num_samples < 2:
-        raise InputError(f"num_samples must be at least 2 to measure a spread, got {num_samples}.")
-    network.eval()
-    probs = network.head.probabilities(network.sample_logits(x, num_samples))
-    return probs.mean(0), probs.std(0)
-
-
 class HeadTrainer(SupervisedTrainer):
     """Trains a :class:`~medvae_monai.networks.LatentImageClassifier` or
     :class:`~medvae_monai.networks.LatentImageSegmenter`, frozen or fine-tuned.
@@ -223,7 +119,7 @@ class HeadTrainer(SupervisedTrainer):
     The mode is the network's ``freeze_encoder``. A frozen VAE stays in eval mode. A classifier
     reads a posterior sample ``z ~ q(z | x)`` in training (``sample_latent``), which acts as
     augmentation and teaches the head the posterior's spread that
-    :func:`posterior_probabilities` measures. Batches with ``mu``/``sigma`` (cached latents, frozen
+    :class:`~medvae_monai.inferers.PosteriorSamplingInferer` measures. Batches with ``mu``/``sigma`` (cached latents, frozen
     classifiers only) skip the encoder.
 
     Each iteration's output holds ``pred`` (logits), ``label`` (the target) and the floats
@@ -236,7 +132,7 @@ class HeadTrainer(SupervisedTrainer):
         train_data_loader: yields dicts with ``image`` (or ``mu``/``sigma``) and the target.
         network: the image-to-prediction network.
         optimizer: optimiser over the trainable parameters (``network.head`` when frozen).
-        loss_function: :class:`ClassificationLoss` or :class:`SegmentationLoss`.
+        loss_function: :class:`~medvae_monai.losses.ClassificationLoss` or :class:`~medvae_monai.losses.SegmentationLoss`.
         target_key: the target's key: ``label``, ``labels`` (multi-label) or ``mask``.
         recon_weight: weight of the VAE's negative ELBO (fine-tuning only; 0 disables it).
         elbo: the ELBO for ``recon_weight``; defaults to L1 with ``beta=1e-4``.
@@ -292,22 +188,27 @@ class HeadTrainer(SupervisedTrainer):
             x, y = engine.prepare_batch(batchdata, dev, engine.non_blocking, **engine.to_kwargs)
             x = x.as_tensor() if hasattr(x, "as_tensor") else x
             y = y.as_tensor() if hasattr(y, "as_tensor") else y
-        if isinstance(net, LatentImageSegmenter):
-            logits, mu, sigma = net.segment(x)
-        else:
-            if x is not None:
-                mu, sigma = net.encode(x)
-            logits = net.head(net.vae.sample(mu, sigma) if engine.sample_latent else mu)
-        task_loss = engine.loss_function(logits, y)
-        loss = task_loss
-        out: dict = {Keys.PRED: logits.detach(), Keys.LABEL: y, "task_loss": task_loss.item()}
-        if engine.recon_weight > 0:
-            recon = net.vae.decode(net.vae.sample(mu, sigma), spatial_size=list(x.shape[2:]))
-            elbo = engine.elbo(recon, x, mu, sigma)
-            loss = loss + engine.recon_weight * elbo["loss"]
-            out["recon_loss"] = elbo["recon_loss"].item()
+        engine.state.output = {Keys.LABEL: y}
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        loss.backward()
-        engine.optimizer.step()
-        out["loss"] = loss.item()
+        with autocast(engine):
+            if isinstance(net, LatentImageSegmenter):
+                logits, mu, sigma = net.segment(x)
+            else:
+                if x is not None:
+                    mu, sigma = net.encode(x)
+                logits = net.head(net.vae.sample(mu, sigma) if engine.sample_latent else mu)
+            engine.state.output[Keys.PRED] = logits
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            task_loss = engine.loss_function(logits, y)
+            loss = task_loss
+            if engine.recon_weight > 0:
+                recon = net.vae.decode(net.vae.sample(mu, sigma), spatial_size=list(x.shape[2:]))
+                elbo = engine.elbo(recon, x, mu, sigma)
+                loss = loss + engine.recon_weight * elbo["loss"]
+            engine.state.output[Keys.LOSS] = loss
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        backward_step(engine, loss, engine.optimizer)
+        out: dict = {Keys.PRED: logits.detach(), Keys.LABEL: y, "task_loss": task_loss.item(), "loss": loss.item()}
+        if engine.recon_weight > 0:
+            out["recon_loss"] = elbo["recon_loss"].item()
         return complete_iteration(engine, out)

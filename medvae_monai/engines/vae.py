@@ -1,4 +1,4 @@
-"""Ignite engines for VAE training and reconstruction evaluation."""
+"""Ignite engine for VAE training."""
 
 from __future__ import annotations
 
@@ -6,53 +6,32 @@ from collections.abc import Sequence
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents, PrepareBatch
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
-from torch.nn.parallel import DistributedDataParallel
 
 from ..losses import AdversarialTerm, ELBOLoss
+from .iteration import autocast, backward_step, complete_iteration
+from .prepare import ImageTarget
 
-__all__ = ["VAETrainer", "ImageAsTarget", "LOSS_TERMS", "loss_terms"]
-
-LOSS_TERMS = ("loss", "recon_loss", "kl", "beta")
-
-
-class ImageAsTarget(PrepareBatch):
-    """``prepare_batch`` for autoencoders: the target is the image itself."""
-
-    def __init__(self, image_key: str = "image") -> None:
-        self.image_key = image_key
-
-    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
-        x = batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs)
-        return x, x
-
-
-def loss_terms(output: dict | list[dict]) -> dict[str, float]:
-    """The scalar loss terms of a trainer's iteration output, for logging handlers.
-
-    ``output`` is one dict per batch, or, decollated (the trainers' default, as in MONAI), one dict
-    per image, each holding the same scalars.
-    """
-    first = output[0] if isinstance(output, list) else output
-    return {k: float(first[k]) for k in LOSS_TERMS if k in first}
-
-
-def complete_iteration(engine: SupervisedTrainer, output: dict) -> dict | list[dict]:
-    """End a custom ``_iteration`` as MONAI's does: set the output and fire ``MODEL_COMPLETED``,
-    where the engine decollates batch and output (``decollate=True``) and runs ``postprocessing``."""
-    engine.state.output = output
-    engine.fire_event(IterationEvents.MODEL_COMPLETED)
-    return engine.state.output
+__all__ = ["VAETrainer"]
 
 
 class VAETrainer(SupervisedTrainer):
     """Trains a :class:`~medvae_monai.networks.MedVAE` on the negative ELBO, optionally with a
     patch-adversarial term.
 
+    Each iteration runs the network's ``forward`` (in training mode it samples ``z ~ q(z | x)``
+    and returns ``(reconstruction, mu, sigma)``), so a ``DistributedDataParallel`` around the
+    MedVAE synchronises the gradients. It fires MONAI's ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``,
+    ``BACKWARD_COMPLETED`` and ``MODEL_COMPLETED`` and runs forward and loss under AMP when
+    ``amp=True``, as ``SupervisedTrainer`` does.
+
+    The KL weight is ``engine.state.kl_weight``: a :class:`~medvae_monai.handlers.KLWarmup`
+    handler schedules it, otherwise it stays the loss's ``beta``.
+
     Each iteration's ``engine.state.output`` holds ``image``, ``pred`` (the reconstruction) and the
-    floats ``loss``, ``recon_loss``, ``kl`` and ``beta`` (plus ``adv_g``/``adv_d`` with the
-    adversarial term), so handlers log the terms separately. As in MONAI's ``SupervisedTrainer``
+    floats ``loss``, ``recon_loss``, ``kl`` and ``beta`` (the KL weight used), plus
+    ``adv_g``/``adv_d`` with the adversarial term. As in MONAI's ``SupervisedTrainer``
     (``decollate=True``), handlers then see it decollated: a list with one dict per image, the
     scalars repeated in each, which MONAI's stock handlers (``--tracking mlflow``) expect.
 
@@ -60,14 +39,14 @@ class VAETrainer(SupervisedTrainer):
         device: training device.
         max_epochs: epochs to run.
         train_data_loader: yields dicts with ``image`` ``(B, C, *S)``.
-        network: a :class:`~medvae_monai.networks.MedVAE` or subclass; training goes through its
-            ``encode``/``sample``/``decode``, not ``forward``.
+        network: a :class:`~medvae_monai.networks.MedVAE` whose ``forward`` returns
+            ``(reconstruction, mu, sigma)``, or a ``DistributedDataParallel`` around one.
         optimizer: the VAE's optimiser.
         loss_function: an :class:`~medvae_monai.losses.ELBOLoss`.
         adversarial: optional :class:`~medvae_monai.losses.AdversarialTerm`.
         disc_optimizer: optimiser of ``adversarial.discriminator``; required with ``adversarial``.
         adversarial_start_iteration: iterations of pure ELBO training before the adversarial term.
-        kwargs: passed to :class:`monai.engines.SupervisedTrainer` (handlers, epoch_length, ...).
+        kwargs: passed to :class:`monai.engines.SupervisedTrainer` (handlers, epoch_length, amp, ...).
     """
 
     def __init__(
@@ -86,7 +65,10 @@ class VAETrainer(SupervisedTrainer):
     ) -> None:
         if adversarial is not None and disc_optimizer is None:
             raise ValueError("VAETrainer: `disc_optimizer` is required when `adversarial` is given.")
-        kwargs.setdefault("prepare_batch", ImageAsTarget())
+        kwargs.setdefault("prepare_batch", ImageTarget(target_key="image"))
+        self.adversarial = adversarial.to(device) if adversarial is not None else None
+        self.disc_optimizer = disc_optimizer
+        self.adversarial_start_iteration = adversarial_start_iteration
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -94,44 +76,41 @@ class VAETrainer(SupervisedTrainer):
             network=network,
             optimizer=optimizer,
             loss_function=loss_function,
-            train_handlers=train_handlers,
+            train_handlers=None,
             **kwargs,
         )
-        self.adversarial = adversarial.to(device) if adversarial is not None else None
-        self.disc_optimizer = disc_optimizer
-        self.adversarial_start_iteration = adversarial_start_iteration
+        self.state.kl_weight = loss_function.beta  # before the handlers attach: a KLWarmup then owns it
+        for handler in train_handlers or ():
+            handler.attach(self)
 
     def _iteration(self, engine: VAETrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         x, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
-        engine.network.train()
-        vae = engine.network  # any MedVAE, including its single-output export variants
-        if isinstance(vae, DistributedDataParallel):
-            # DDP syncs gradients only through its forward: it wraps a VAETrainingForward
-            recon, mu, sigma = vae(x)
-        else:
-            mu, sigma = vae.encode(x)
-            recon = vae.decode(vae.sample(mu, sigma), spatial_size=list(x.shape[2:]))
-        terms = engine.loss_function(recon, x, mu, sigma)
-        loss = terms["loss"]
-        out: dict = {Keys.IMAGE: x, Keys.PRED: recon.detach()}
+        beta = float(engine.state.kl_weight)
         use_adv = engine.adversarial is not None and engine.state.iteration > engine.adversarial_start_iteration
-        if use_adv:
-            adv_g = engine.adversarial.generator_loss(recon)
-            loss = loss + adv_g
-            out["adv_g"] = adv_g.item()
+        engine.state.output = {Keys.IMAGE: x}
+        engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        loss.backward()
-        engine.optimizer.step()
+        with autocast(engine):
+            recon, mu, sigma = engine.network(x)
+            engine.state.output[Keys.PRED] = recon
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = engine.loss_function(recon, x, mu, sigma, beta=beta)
+            loss = terms["loss"]
+            if use_adv:
+                adv_g = engine.adversarial.generator_loss(recon)
+                loss = loss + adv_g
+            engine.state.output[Keys.LOSS] = loss
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        backward_step(engine, loss, engine.optimizer)
+        out: dict = {Keys.IMAGE: x, Keys.PRED: recon.detach()}
         if use_adv:
             engine.disc_optimizer.zero_grad(set_to_none=True)
-            adv_d = engine.adversarial.discriminator_loss(recon, x)
-            adv_d.backward()
-            engine.disc_optimizer.step()
-            out["adv_d"] = adv_d.item()
-        out.update(
-            loss=loss.item(), recon_loss=terms["recon_loss"].item(), kl=terms["kl"].item(), beta=engine.loss_function.beta
-        )
+            with autocast(engine):
+                adv_d = engine.adversarial.discriminator_loss(recon, x)
+            backward_step(engine, adv_d, engine.disc_optimizer)
+            out.update(adv_g=adv_g.item(), adv_d=adv_d.item())
+        out.update(loss=loss.item(), recon_loss=terms["recon_loss"].item(), kl=terms["kl"].item(), beta=beta)
         return complete_iteration(engine, out)

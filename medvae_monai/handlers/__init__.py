@@ -1,12 +1,14 @@
 from .checkpoint import ResumableCheckpoint
 from .heads import HeadMetricsWriter, PredictionWriter, classification_metrics, segmentation_metrics
+from .metrics import SSIM, MetricsWriter
 from .progress import ProgressBar, progress_enabled
-from .reconstruction import SSIM, KLWarmupHandler, MetricsWriter, ReconstructionGrid, reconstruction_grid
+from .reconstruction import ReconstructionGrid, reconstruction_grid
+from .schedules import KLWarmup
 
 __all__ = [
     "SSIM",
     "HeadMetricsWriter",
-    "KLWarmupHandler",
+    "KLWarmup",
     "MetricsWriter",
     "PredictionWriter",
     "ProgressBar",

@@ -21,11 +21,10 @@ from ignite.engine import Engine, Events
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, compute_roc_auc
 from monai.utils import CommonKeys as Keys
 
-from ..engines.heads import posterior_probabilities
 from ..errors import InputError
-from ..networks.heads import LatentImageClassifier
 from ..outputs import contained_path
 from ..utils import atomic_write, atomic_write_json
+from .metrics import MetricsWriter
 
 __all__ = ["HeadMetricsWriter", "PredictionWriter", "classification_metrics", "segmentation_metrics"]
 
@@ -119,7 +118,7 @@ def _batched(output, key: str) -> torch.Tensor:
     return torch.as_tensor(output[key])
 
 
-class HeadMetricsWriter:
+class HeadMetricsWriter(MetricsWriter):
     """Collect an evaluator's predictions and write the head's metrics to ``<output_dir>/metrics.json``.
 
     The evaluator's postprocessing must leave ``pred`` as probabilities ``(K,)`` and ``label``
@@ -142,16 +141,15 @@ class HeadMetricsWriter:
         extra: dict | None = None,
         filename: str = "metrics.json",
     ) -> None:
-        self.output_dir, self.filename = output_dir, filename
+        super().__init__(output_dir, extra, filename)
         self.task = task
         self.class_names = [str(c) for c in class_names]
-        self.extra = dict(extra or {})
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+        super().attach(engine)
 
     def _reset(self, engine: Engine) -> None:
         self._probs: list[torch.Tensor] = []
@@ -168,46 +166,36 @@ class HeadMetricsWriter:
             self._probs.append(pred.detach().cpu())
             self._targets.append(target.detach().cpu())
 
-    def _write(self, engine: Engine) -> None:
+    def metrics_of(self, engine: Engine) -> tuple[dict, dict]:
         if self.task == "segmentation":
             self.metrics = segmentation_metrics(self._dice, self._hd95, self.class_names)
         else:
             self.metrics = classification_metrics(
                 torch.cat(self._probs), torch.cat(self._targets), self.class_names, self.task == "multilabel"
             )
-        path = atomic_write_json(contained_path(self.output_dir, self.filename), {**self.metrics, **self.extra, "task": self.task})
-        summary = {k: v for k, v in self.metrics.items() if k not in ("per_class", "per_label")}
-        logger.info("Metrics: %s -> %s", summary, path)
+        return self.metrics, {"task": self.task}
 
 
 class PredictionWriter:
     """Per-image class probabilities with their posterior uncertainty, to ``predictions.csv``/``.json``.
 
-    For each batch it draws ``num_samples`` latents ``z ~ q(z | x)`` (see
-    :func:`~medvae_monai.engines.posterior_probabilities`) and records, per class, the mean
-    probability and its standard deviation, beside the predicted class from the mean.
+    It observes an evaluator whose inferer is a
+    :class:`~medvae_monai.inferers.PosteriorSamplingInferer`: each image's ``pred`` holds the class
+    probabilities of ``S`` latents ``z ~ q(z | x)``, ``(S, K)``. It records, per class, their mean
+    and standard deviation over the samples, beside the predicted class from the mean.
 
     Args:
-        network: the trained classifier.
         output_dir: destination folder (files written atomically).
         class_names: the ``K`` class names.
-        num_samples: posterior samples per image.
-        image_key: batch key of the image; ``source`` names each row.
+
+    Raises:
+        InputError: the classifier predicts another number of classes than ``class_names`` has.
     """
 
-    def __init__(
-        self,
-        network: LatentImageClassifier,
-        output_dir: str | os.PathLike,
-        class_names: Sequence[str],
-        num_samples: int = 16,
-        image_key: str = "image",
-    ) -> None:
-        self.network = network
+    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str]) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = [str(c) for c in class_names]
-        self.num_samples = num_samples
-        self.image_key = image_key
+        self.num_samples = 0
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -216,27 +204,26 @@ class PredictionWriter:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
-        batch = engine.state.batch  # decollated into a list of items by default
-        x = _batched(batch, self.image_key).to(engine.state.device)
-        mean, std = posterior_probabilities(self.network, x, self.num_samples)
-        if mean.shape[1] != len(self.class_names):
+        samples = _batched(engine.state.output, Keys.PRED).float()  # (B, S, K)
+        if samples.shape[-1] != len(self.class_names):
             raise InputError(
-                f"the classifier predicts {mean.shape[1]} classes but {len(self.class_names)} class names were given "
+                f"the classifier predicts {samples.shape[-1]} classes but {len(self.class_names)} class names were given "
                 f"({self.class_names}); pass the training classes with --class_names."
             )
+        self.num_samples = int(samples.shape[1])
+        mean, std = samples.mean(1), samples.std(1)
+        batch = engine.state.batch  # decollated into a list of items by default
         rows = batch if isinstance(batch, list) else [dict(zip(batch, v)) for v in zip(*batch.values())]
-        sources = [r.get("source") for r in rows]
-        for src, m, s in zip(sources, mean.cpu().tolist(), std.cpu().tolist()):
+        for row, m, s in zip(rows, mean.cpu().tolist(), std.cpu().tolist()):
             best = max(range(len(m)), key=m.__getitem__)
             self.rows.append(
                 {
-                    "source": src,
+                    "source": row.get("source"),
                     "prediction": self.class_names[best],
                     "probability": dict(zip(self.class_names, m)),
                     "probability_std": dict(zip(self.class_names, s)),
                 }
             )
-
     def _write(self, engine: Engine) -> None:
         atomic_write_json(contained_path(self.output_dir, "predictions.json"), {"num_samples": self.num_samples, "images": self.rows})
         buf = io.StringIO()

@@ -1,60 +1,21 @@
-"""Reconstruction figures, metrics files and KL warm-up for VAE training and evaluation."""
+"""Figures of reconstructions for VAE training and evaluation."""
 
 from __future__ import annotations
 
 import io
-import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import IgniteMetricHandler
-from monai.metrics import SSIMMetric
 from monai.utils import CommonKeys as Keys
 
-from ..losses import ELBOLoss, KLWarmup
 from ..outputs import contained_path
-from ..utils import atomic_write, atomic_write_json
+from ..utils import atomic_write
 
-__all__ = ["KLWarmupHandler", "ReconstructionGrid", "MetricsWriter", "SSIM", "reconstruction_grid"]
-
-logger = logging.getLogger("medvae_monai")
-
-
-class KLWarmupHandler:
-    """Set ``loss.beta`` from a :class:`~medvae_monai.losses.KLWarmup` schedule before each iteration.
-
-    Args:
-        loss: the :class:`~medvae_monai.losses.ELBOLoss` whose ``beta`` to drive.
-        beta: final KL weight.
-        warmup_steps: iterations of linear warm-up from 0.
-    """
-
-    def __init__(self, loss: ELBOLoss, beta: float, warmup_steps: int) -> None:
-        self.loss = loss
-        self.schedule = KLWarmup(beta, warmup_steps)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        self.loss.beta = self.schedule(engine.state.iteration)
-
-
-class SSIM(IgniteMetricHandler):
-    """Mean SSIM over images (MONAI ``SSIMMetric``), as an ignite metric.
-
-    Args:
-        spatial_dims: 2 or 3.
-        data_range: intensity range of the images (1 for [0, 1]).
-        output_transform: maps ``engine.state.output`` to ``(y_pred, y)``.
-    """
-
-    def __init__(self, spatial_dims: int = 2, data_range: float = 1.0, output_transform: Callable = lambda x: x) -> None:
-        super().__init__(metric_fn=SSIMMetric(spatial_dims=spatial_dims, data_range=data_range), output_transform=output_transform)
+__all__ = ["ReconstructionGrid", "reconstruction_grid"]
 
 
 def _middle_slice(x: torch.Tensor) -> torch.Tensor:
@@ -137,31 +98,3 @@ class ReconstructionGrid:
         atomic_write(contained_path(self.output_dir, "reconstructions.png"), save)
         if self.writer is not None:
             self.writer.add_image("input | reconstruction | error", grid[None], global_step=engine.state.epoch)
-
-
-class MetricsWriter:
-    """Write the evaluator's metrics and run facts to ``<output_dir>/metrics.json`` (atomically).
-
-    Args:
-        output_dir: destination folder.
-        extra: constant fields to add (split, dataset, compression, ...).
-        filename: file name.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike, extra: dict | None = None, filename: str = "metrics.json") -> None:
-        self.output_dir, self.filename = output_dir, filename
-        self.extra = dict(extra or {})
-
-    @property
-    def path(self) -> Path:
-        return contained_path(self.output_dir, self.filename)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        metrics = {k: float(v) for k, v in engine.state.metrics.items() if np.isscalar(v) or torch.is_tensor(v)}
-        n_images = len(engine.data_loader.dataset) if hasattr(engine.data_loader, "dataset") else None
-        payload = {**metrics, **self.extra, "n_images": n_images}
-        atomic_write_json(self.path, payload)
-        logger.info("Metrics: %s -> %s", {k: round(v, 4) for k, v in metrics.items()}, self.path)

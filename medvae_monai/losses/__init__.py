@@ -1,4 +1,5 @@
 from .adversarial import AdversarialTerm
-from .elbo import ELBOLoss, KLWarmup, gaussian_kl
+from .classification import ClassificationLoss, SegmentationLoss
+from .elbo import ELBOLoss, gaussian_kl
 
-__all__ = ["AdversarialTerm", "ELBOLoss", "KLWarmup", "gaussian_kl"]
+__all__ = ["AdversarialTerm", "ClassificationLoss", "ELBOLoss", "SegmentationLoss", "gaussian_kl"]

@@ -7,7 +7,7 @@ from torch import nn
 from monai.losses import SSIMLoss
 from torch.nn import functional as F
 
-__all__ = ["ELBOLoss", "gaussian_kl", "KLWarmup"]
+__all__ = ["ELBOLoss", "gaussian_kl"]
 
 _RECONSTRUCTION = ("l1", "l2", "bce")
 
@@ -26,26 +26,6 @@ def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + var - 1.0 - torch.log(var.clamp_min(1e-30)))
 
 
-class KLWarmup:
-    """Linear warm-up of the KL weight: ``beta(step) = beta * min(1, step / warmup_steps)``.
-
-    Args:
-        beta: final KL weight.
-        warmup_steps: iterations to reach ``beta``; 0 means no warm-up.
-    """
-
-    def __init__(self, beta: float, warmup_steps: int = 0) -> None:
-        if beta < 0 or warmup_steps < 0:
-            raise ValueError(f"KLWarmup: beta and warmup_steps must be >= 0, got {beta}, {warmup_steps}.")
-        self.beta = float(beta)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup_steps == 0:
-            return self.beta
-        return self.beta * min(1.0, max(step, 0) / self.warmup_steps)
-
-
 class ELBOLoss(nn.Module):
     """Negative ELBO: ``reconstruction + ssim_weight * (1 - SSIM) + beta * KL``.
 
@@ -58,7 +38,8 @@ class ELBOLoss(nn.Module):
     Args:
         reconstruction: ``"l1"``, ``"l2"`` or ``"bce"`` (``bce`` expects targets in [0, 1] and
             treats the decoder output as logits).
-        beta: KL weight; :class:`~medvae_monai.handlers.KLWarmupHandler` updates it during training.
+        beta: KL weight, unless a call passes its own (the trainer passes ``engine.state.kl_weight``,
+            which :class:`~medvae_monai.handlers.KLWarmup` schedules).
         free_bits: per-channel KL floor in nats; 0 disables it.
         ssim_weight: weight of MONAI's ``SSIMLoss`` (1 - SSIM, Gaussian window 11, sigma 1.5,
             data range 1; Wang et al., 2004) added to the reconstruction term; 0 disables it. A
@@ -108,11 +89,17 @@ class ELBOLoss(nn.Module):
         return kl.mean()
 
     def forward(
-        self, recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+        self,
+        recon: torch.Tensor,
+        target: torch.Tensor,
+        mu: torch.Tensor,
+        sigma: torch.Tensor,
+        beta: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Return ``{"loss", "recon_loss", "kl"}``; ``kl`` is the (floored) mean KL before ``beta``."""
+        """Return ``{"loss", "recon_loss", "kl"}``; ``kl`` is the (floored) mean KL before the KL weight,
+        ``beta`` if given, else ``self.beta``."""
         if recon.shape != target.shape:
             raise ValueError(f"ELBOLoss: reconstruction {tuple(recon.shape)} and target {tuple(target.shape)} differ.")
         rec = self.reconstruction_loss(recon, target)
         kl = self.kl_loss(mu, sigma)
-        return {"loss": rec + self.beta * kl, "recon_loss": rec, "kl": kl}
+        return {"loss": rec + (self.beta if beta is None else float(beta)) * kl, "recon_loss": rec, "kl": kl}

@@ -218,9 +218,13 @@ class _LatentImageModel(nn.Module):
         self.head = head
         self.freeze_encoder = freeze_encoder
 
+    def encoder_grad(self) -> torch.set_grad_enabled:
+        """A context that disables gradients into the VAE when the encoder is frozen."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``(mu, sigma)`` of ``x``, without gradients when the encoder is frozen."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+        with self.encoder_grad():
             return self.vae.encode(x)
 
 
@@ -261,20 +265,12 @@ class LatentImageSegmenter(_LatentImageModel):
                 f"LatentImageSegmenter: head downsample_factor {head.downsample_factor} differs from the VAE's "
                 f"{vae.downsample_factor}; build the head with the VAE's factor."
             )
-        # the encoder's stride-2 convolutions see each level's last features as their input
-        self._downsamplers = [m for m in vae.encoder if isinstance(m, nn.modules.conv._ConvNd) and m.stride[0] == 2]
 
     def encode_with_skips(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """``(mu, sigma, skips)``; ``skips`` are the encoder features from the finest level down."""
-        skips: list[torch.Tensor] = []
-        hooks = [m.register_forward_pre_hook(lambda _m, args: skips.append(args[0])) for m in self._downsamplers]
-        hooks.append(self.vae.encoder.register_forward_hook(lambda _m, _args, out: skips.append(out)))
-        try:
-            mu, sigma = self.encode(x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return mu, sigma, skips
+        """``(mu, sigma, skips)``; ``skips`` are the encoder features from the finest level down
+        (:meth:`~medvae_monai.networks.MedVAE.encode_features`)."""
+        with self.encoder_grad():
+            return self.vae.encode_features(x)
 
     def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits, mu, sigma)``: the logits cropped to the input size, and the posterior (for a

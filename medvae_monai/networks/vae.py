@@ -156,9 +156,11 @@ class MedVAE(nn.Module):
         decoder_res_blocks = num_res_blocks + 1 if decoder_res_blocks is None else decoder_res_blocks
 
         enc: list[nn.Module] = [conv(in_channels * fold, channels[0], kernel_size=3, padding=1)]
+        self.level_ends: list[int] = []  # encoder indices of the stride-2 convolutions that end each level
         for i, ch in enumerate(channels):
             enc += [ResBlock(spatial_dims, ch) for _ in range(num_res_blocks)]
             if i + 1 < len(channels):
+                self.level_ends.append(len(enc))
                 enc.append(conv(ch, channels[i + 1], kernel_size=3, stride=2, padding=1))
         if attention:
             enc.append(LatentAttention(channels[-1]))
@@ -263,9 +265,29 @@ class MedVAE(nn.Module):
             if self._tiles(list(x.shape[2:]), 1):
                 return self._tiled_encode(x)
         h = space_to_depth(self.pad_to_factor(x), self.spatial_dims)
-        mu, logvar = self.to_moments(self.encoder(h)).chunk(2, dim=1)
+        return self.posterior(self.encoder(h))
+
+    def posterior(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)`` from the encoder's last features ``(B, channels[-1], *ceil(S / f))``."""
+        mu, logvar = self.to_moments(features).chunk(2, dim=1)
         sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # keeps sigma numerically safe
         return mu, sigma
+
+    @torch.jit.unused
+    def encode_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """:meth:`encode` that also returns the encoder's features at the end of each level, finest first:
+        ``features[i]`` is ``(B, channels[i], *ceil(S / 2 ** (i + 1)))``, the last one the input of
+        :meth:`posterior`. A segmentation head concatenates them in, U-Net style."""
+        self.check_input(x)
+        h = space_to_depth(self.pad_to_factor(x), self.spatial_dims)
+        features: list[torch.Tensor] = []
+        for i, layer in enumerate(self.encoder):
+            if i in self.level_ends:
+                features.append(h)
+            h = layer(h)
+        features.append(h)
+        mu, sigma = self.posterior(h)
+        return mu, sigma, features
 
     @staticmethod
     def sample(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
