@@ -1,4 +1,5 @@
-"""Atomic checkpoints that resume: ``last.pt`` every epoch, the best network on every improvement."""
+"""Checkpoints that resume, on ignite's ``Checkpoint`` and ``DiskSaver(atomic=True)``: ``last.pt`` every
+epoch, the best network on every improvement."""
 
 from __future__ import annotations
 
@@ -9,30 +10,66 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers.checkpoint import CheckpointEvents
 
 from ..errors import InputError
 from ..utils import atomic_torch_save, ensure_writable_dir, load_state_dict
 
-__all__ = ["ResumableCheckpoint"]
+__all__ = ["ResumableCheckpoint", "ReplacingDiskSaver", "TorchRNGState"]
 
 logger = logging.getLogger("medvae_monai")
+
+
+class ReplacingDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver(atomic=True)`` that deletes superseded files only once the new one is in place.
+
+    ignite's ``Checkpoint`` removes the file it supersedes before it writes the new one. With a fixed
+    name (``last.pt``) that leaves a moment with no checkpoint on disk, and a kill then would lose
+    it; here the atomic ``os.replace`` swaps the file in one step, and other superseded files go
+    after the save succeeded.
+    """
+
+    def __init__(self, dirname: str | os.PathLike) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False)
+        self._superseded: list[str] = []
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(filename)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, filename, metadata)
+        for old in self._superseded:
+            if old != filename:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._superseded.clear()
+
+
+class TorchRNGState:
+    """The CPU torch generator (DataLoader shuffles, latent samples) as a checkpointable object."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
 
 
 class ResumableCheckpoint:
     """Save training state atomically each epoch, keep the best network, and resume on restart.
 
-    Files under ``save_dir``:
+    Files under ``save_dir``, written by ignite's ``Checkpoint`` through a :class:`ReplacingDiskSaver`
+    (temporary file, then rename: a kill at any moment leaves the previous complete file):
 
     - ``last.pt``: every object in ``save_dict`` (network, optimiser, scheduler, the trainer's
-      epoch and iteration counters), the best metric so far and the torch random state, written
-      at the end of each epoch, after validation. On the next run with the same ``save_dir``
-      training resumes from it, unless ``resume`` is False; with the random state restored, the
-      resumed epochs draw the same shuffles and latent samples as an uninterrupted run.
+      epoch and iteration counters, a KL schedule), the best-model tracker (best metric so far) and
+      the torch random state, at the end of each epoch, after validation. On the next run with the
+      same ``save_dir`` training resumes from it, unless ``resume`` is False; with the random state
+      restored, the resumed epochs draw the same shuffles and latent samples as an uninterrupted run.
     - ``best.pt``: the state dict of ``network`` whenever ``metric_name`` improves (higher is
-      better), written by the evaluator's completion.
+      better), at the evaluator's completion.
 
-    Every file is written to a temporary name and renamed, so a kill at any moment leaves the
-    previous complete file. Loads use ``weights_only=True``.
+    Loads use ``weights_only=True``.
 
     Args:
         save_dir: checkpoint folder.
@@ -43,6 +80,10 @@ class ResumableCheckpoint:
         resume: resume from ``last.pt`` when it exists.
         final_filename: also copy the best (or, without validation, the last) network here when
             training completes, e.g. ``<output_dir>/model.pt``.
+
+    Raises:
+        ValueError: ``save_dict`` has no ``"trainer"``.
+        InputError: ``last.pt`` was written by another model or configuration (at resume).
     """
 
     def __init__(
@@ -57,13 +98,23 @@ class ResumableCheckpoint:
         if "trainer" not in save_dict:
             raise ValueError("ResumableCheckpoint: save_dict needs the trainer under 'trainer' to resume.")
         self.save_dir = ensure_writable_dir(save_dir)
-        self.save_dict = dict(save_dict)
         self.network = network
         self.metric_name = metric_name
         self.resume = resume
         self.final_filename = Path(final_filename) if final_filename else None
-        self.best_metric = -float("inf")
-        self.best_epoch = -1
+        saver = ReplacingDiskSaver(self.save_dir)
+        self.best = Checkpoint(
+            {"network": network},
+            saver,
+            filename_prefix="best",
+            filename_pattern="{filename_prefix}.{ext}",
+            score_function=(lambda e: float(e.state.metrics[metric_name])) if metric_name else None,
+            n_saved=1,
+        )
+        self.to_save = {**save_dict, "best_checkpoint": self.best, "rng_state": TorchRNGState()}
+        self.last = Checkpoint(
+            self.to_save, saver, filename_prefix="last", filename_pattern="{filename_prefix}.{ext}", n_saved=1
+        )
 
     @property
     def last_path(self) -> Path:
@@ -76,61 +127,46 @@ class ResumableCheckpoint:
     def attach(self, engine: Engine, evaluator: Engine | None = None) -> None:
         """Attach to the trainer (and optionally to an evaluator for ``best.pt``)."""
         engine.add_event_handler(Events.STARTED, self.load_last)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_last)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.last)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
         if evaluator is not None:
             self.attach_evaluator(evaluator)
 
     def attach_evaluator(self, evaluator: Engine) -> None:
-        evaluator.add_event_handler(Events.COMPLETED, self.save_best)
+        if self.metric_name is None:
+            return
+        evaluator.add_event_handler(Events.COMPLETED, self.best)
+        if not evaluator.has_registered_events(CheckpointEvents.SAVED_CHECKPOINT):
+            evaluator.register_events(*CheckpointEvents)
+        evaluator.add_event_handler(CheckpointEvents.SAVED_CHECKPOINT, self._log_best)
+
+    def _log_best(self, evaluator: Engine) -> None:
+        value = float(evaluator.state.metrics[self.metric_name])
+        # the evaluator's epoch is the trainer's (MONAI's ValidationHandler sets it)
+        logger.info("New best %s = %.4f at epoch %d -> %s", self.metric_name, value, evaluator.state.epoch, self.best_path)
 
     def load_last(self, engine: Engine) -> None:
-        for stale in self.save_dir.glob(".*.pt.*.tmp"):  # left by a run killed mid-save (see atomic_write)
+        for stale in self.save_dir.glob("tmp*"):  # DiskSaver's temporaries, left by a run killed mid-save
             stale.unlink(missing_ok=True)
         if not (self.resume and self.last_path.exists()):
             return
         ckpt = load_state_dict(self.last_path)
         max_epochs = engine.state.max_epochs
         try:
-            for key, obj in self.save_dict.items():
-                obj.load_state_dict(ckpt[key])
-        except (KeyError, RuntimeError) as e:
+            Checkpoint.load_objects(self.to_save, ckpt)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise InputError(
                 f"{self.last_path}: cannot resume from it ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
                 "It was written by a different model or configuration; use a new --output_dir or delete the file."
             ) from None
         engine.state.max_epochs = max_epochs
-        if "rng_state" in ckpt:
-            torch.set_rng_state(ckpt["rng_state"])
-        self.best_metric = float(ckpt.get("best_metric", self.best_metric))
-        self.best_epoch = int(ckpt.get("best_epoch", self.best_epoch))
         logger.info("Resumed from %s at epoch %d, iteration %d.", self.last_path, engine.state.epoch, engine.state.iteration)
         if engine.state.epoch >= max_epochs:
             logger.info("Training already reached max_epochs=%d; nothing to do.", max_epochs)
             engine.terminate()
 
-    def save_last(self, engine: Engine) -> None:
-        state = {key: obj.state_dict() for key, obj in self.save_dict.items()}
-        state["best_metric"] = torch.tensor(self.best_metric)
-        state["best_epoch"] = torch.tensor(self.best_epoch)
-        state["rng_state"] = torch.get_rng_state()  # CPU generator: DataLoader shuffles and z samples
-        atomic_torch_save(state, self.last_path)
-
-    def save_best(self, evaluator: Engine) -> None:
-        if self.metric_name is None:
-            return
-        value = float(evaluator.state.metrics[self.metric_name])
-        if value > self.best_metric:
-            self.best_metric = value
-            self.best_epoch = int(evaluator.state.epoch)  # MONAI's ValidationHandler sets it to the trainer's
-            atomic_torch_save(self.network.state_dict(), self.best_path)
-            logger.info("New best %s = %.4f at epoch %d -> %s", self.metric_name, value, self.best_epoch, self.best_path)
-
     def save_final(self, engine: Engine) -> None:
         if self.final_filename is None:
             return
-        if self.best_path.exists():
-            state = load_state_dict(self.best_path)
-        else:
-            state = self.network.state_dict()
+        state = load_state_dict(self.best_path) if self.best_path.exists() else self.network.state_dict()
         atomic_torch_save(state, self.final_filename)
