@@ -54,15 +54,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from tasks import BestOnValidation, evaluate, n_params, train  # noqa: E402
 
 import medvae_monai.data  # noqa: E402
-from medvae_monai.engines import (  # noqa: E402
-    ClassificationLoss,
-    HeadTrainer,
-    ImageTarget,
-    SegmentationLoss,
-    cache_latents,
-    class_weights,
-    posterior_probabilities,
-)
+from medvae_monai.engines import HeadTrainer, ImageTarget, class_weights  # noqa: E402
+from medvae_monai.inferers import PosteriorSamplingInferer  # noqa: E402
+from medvae_monai.latents import cache_latents  # noqa: E402
+from medvae_monai.losses import ClassificationLoss, SegmentationLoss  # noqa: E402
 from medvae_monai.networks import (  # noqa: E402
     LatentClassifier,
     LatentImageClassifier,
@@ -122,7 +117,8 @@ def uncertainty(network: LatentImageClassifier, items: list[dict], num_samples: 
     """Posterior-sampling spread of the malignancy probability, and whether it flags errors."""
     network.eval()
     x, y = torch.stack([d["image"] for d in items]), np.array([d["label"] for d in items])
-    mean, std = (t[:, 1].numpy() for t in posterior_probabilities(network, x, num_samples))
+    samples = PosteriorSamplingInferer(num_samples)(x, network)[..., 1]  # (B, samples): P(malignant)
+    mean, std = samples.mean(1).numpy(), samples.std(1).numpy()
     wrong = (mean > 0.5) != (y == 1)
     keep = std <= np.quantile(std, 0.8)
     return {"num_samples": num_samples, "mean_std": float(std.mean()),
@@ -267,7 +263,8 @@ def figure(model: LatentImageClassifier, test: list[dict], path: str | Path, per
     model.eval()
     picked = [d for c in (0, 1) for d in [d for d in test if d["label"] == c][:: max(1, sum(x["label"] == c for x in test) // per_class)][:per_class]]
     x = torch.stack([d["image"] for d in picked])
-    mean, std = (t[:, 1] for t in posterior_probabilities(model, x, 32))
+    samples = PosteriorSamplingInferer(32)(x, model)[..., 1]
+    mean, std = samples.mean(1), samples.std(1)
     recon = model.vae.decode(model.vae.encode(x)[0]).clamp(0, 1)
     tile, gap, text_h = 32 * zoom, 4, 30
     canvas = Image.new("L", (len(picked) * (tile + gap), 2 * tile + gap + text_h), 255)

@@ -50,17 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medvae_monai.data import CheckedCacheDataset, list_items, preprocessing  # noqa: E402
-from medvae_monai.engines import (  # noqa: E402
-    ClassificationLoss,
-    HeadTrainer,
-    ImageTarget,
-    SegmentationLoss,
-    VAETrainer,
-    cache_latents,
-    class_weights,
-)
+from medvae_monai.engines import HeadTrainer, ImageTarget, VAETrainer, class_weights  # noqa: E402
 from medvae_monai.handlers import classification_metrics, segmentation_metrics  # noqa: E402
-from medvae_monai.losses import ELBOLoss  # noqa: E402
+from medvae_monai.latents import cache_latents  # noqa: E402
+from medvae_monai.losses import ClassificationLoss, ELBOLoss, SegmentationLoss  # noqa: E402
 from medvae_monai.networks import (  # noqa: E402
     LatentClassifier,
     LatentImageClassifier,
