@@ -22,13 +22,14 @@ from PIL import Image
 
 from medvae_monai.data import list_items, preprocessing
 from medvae_monai.errors import InputError
+from medvae_monai.inferers import VAEInferer
 from medvae_monai.networks import MedVAE
 from medvae_monai.transforms import (
     CT_WINDOWS,
     CheckImaged,
     CTWindow,
-    DecodeLatentd,
-    EncodeLatentd,
+    ImageGeometryd,
+    LatentGeometryd,
     LoadImageCheckedd,
     latent_affine,
     window_bounds,
@@ -142,14 +143,18 @@ def test_encode_decode_shapes_for_random_sizes(img: MetaTensor, factor: int) -> 
 def test_latent_round_trip_keeps_geometry(img: MetaTensor, factor: int) -> None:
     sd = img.ndim - 1
     net = TINY[sd][factor]
-    d = EncodeLatentd("image", net)({"image": img})
+    with torch.no_grad():
+        mu = VAEInferer("latent")(img[None], net)[0]
+    d = LatentGeometryd("image_latent", "image", factor)({"image": img, "image_latent": mu})
     z = d["image_latent"]
     # latent voxel j sits at the centre of the image block j*f .. j*f + f - 1
     j = torch.tensor([*(s - 1 for s in z.shape[1:]), 1.0], dtype=torch.float64)
     centre = torch.tensor([*(jj * factor + (factor - 1) / 2 for jj in j[:-1].tolist()), 1.0], dtype=torch.float64)
     torch.testing.assert_close(z.affine.double() @ j, img.affine.double() @ centre)
     torch.testing.assert_close(z.affine.double(), latent_affine(img.affine, sd, factor))
-    out = DecodeLatentd("image_latent", net)(d)["image_latent_decoded"]
+    with torch.no_grad():
+        d["decoded"] = net.decode(z.as_tensor()[None])[0]
+    out = ImageGeometryd("decoded", latent_key="image_latent")(d)["decoded"]
     assert out.shape == img.shape
     torch.testing.assert_close(out.affine.double(), img.affine.double())
 

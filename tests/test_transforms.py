@@ -7,13 +7,13 @@ import torch
 from monai.data import MetaTensor
 
 from medvae_monai.errors import InputError
+from medvae_monai.inferers import VAEInferer
 from medvae_monai.networks import MedVAE
 from medvae_monai.transforms import (
     CTWindow,
     CTWindowd,
     CheckImaged,
-    DecodeLatentd,
-    EncodeLatentd,
+    ImageGeometryd,
     LatentGeometryd,
     image_affine,
     latent_affine,
@@ -69,21 +69,28 @@ def test_encode_decode_keeps_geometry(spatial_dims, shape):
     aff[0, 0], aff[1, 1], aff[2, 2] = 0.7, 0.8, 2.5
     aff[:3, 3] = torch.tensor([-100.0, 20.0, 5.0])
     img = MetaTensor(torch.rand(1, *shape), affine=aff, meta={"filename_or_obj": "case.nii.gz"})
-    d = EncodeLatentd("image", net, sigma_key_postfix="sigma")({"image": img})
+    with torch.no_grad():
+        mu, sigma = net.encode(img.as_tensor()[None])
+    d = LatentGeometryd(["image_latent", "image_sigma"], "image", 4)({"image": img, "image_latent": mu[0], "image_sigma": sigma[0]})
     z = d["image_latent"]
     assert z.shape == (2, *(-(-s // 4) for s in shape))
     assert d["image_sigma"].shape == z.shape
     torch.testing.assert_close(z.affine, latent_affine(aff, spatial_dims, 4).to(z.affine.dtype))
-    out = DecodeLatentd("image_latent", net)(d)["image_latent_decoded"]
+    with torch.no_grad():
+        d["decoded"] = net.decode(z.as_tensor()[None])[0]  # the padded size: the geometry crops it
+    out = ImageGeometryd("decoded", latent_key="image_latent")(d)["decoded"]
     assert out.shape == img.shape
     torch.testing.assert_close(out.affine, img.affine)
     assert out.meta["filename_or_obj"] == "case.nii.gz"
     with torch.no_grad():
         expected = net(img.as_tensor()[None])[0][0]
     torch.testing.assert_close(out.as_tensor(), expected)
+    torch.testing.assert_close(VAEInferer()(img[None], net)[0].as_tensor(), expected)  # the inferer's reconstruction
     # a latent carrying only its own affine (e.g. read back from a NIfTI) decodes to the block grid
     bare = MetaTensor(z.as_tensor(), affine=z.affine)
-    out2 = DecodeLatentd("z", net)({"z": bare})["z_decoded"]
+    with torch.no_grad():
+        decoded = net.decode(bare.as_tensor()[None])[0]
+    out2 = ImageGeometryd("z_decoded", latent_key="z")({"z": bare, "z_decoded": decoded})["z_decoded"]
     assert out2.shape[1:] == tuple(4 * s for s in z.shape[1:])
     torch.testing.assert_close(out2.affine, img.affine)
 

@@ -306,8 +306,9 @@ class MedVAE(nn.Module):
                 "MedVAE.decode expects (B, latent_channels, *spatial) with spatial_dims spatial dims; got a latent "
                 "of another shape (check latent_channels and spatial_dims against the encoder's)."
             )
-        if not torch.jit.is_scripting() and self._tiles(list(z.shape[2:]), self.downsample_factor):
-            return self._tiled_decode(z, spatial_size)
+        if not torch.jit.is_scripting():  # a separate `if`: TorchScript skips only this form's body
+            if self._tiles(list(z.shape[2:]), self.downsample_factor):
+                return self._tiled_decode(z, spatial_size)
         h = self.attention(self.from_latent(z))
         for i, (blocks, up) in enumerate(zip(self.up_blocks, self.up_convs)):
             h = blocks(h)

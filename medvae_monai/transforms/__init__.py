@@ -12,7 +12,14 @@ from .nodule import (
     nodule_preprocessing,
 )
 from .region import ForegroundToSize, ForegroundToSized
-from .latent import DecodeLatentd, EncodeLatentd, LatentGeometryd, attach_latent_geometry, image_affine, latent_affine
+from .latent import (
+    ImageGeometryd,
+    LatentGeometryd,
+    attach_latent_geometry,
+    image_affine,
+    latent_affine,
+    restore_image_geometry,
+)
 
 __all__ = [
     "CT_WINDOWS",
@@ -20,11 +27,10 @@ __all__ = [
     "CTWindowd",
     "CheckImageMaskd",
     "CheckImaged",
-    "DecodeLatentd",
     "DicomPictureReader",
     "ForegroundToSize",
     "ForegroundToSized",
-    "EncodeLatentd",
+    "ImageGeometryd",
     "LatentGeometryd",
     "LoadImageCheckedd",
     "NODULE_CUBE",
@@ -37,5 +43,6 @@ __all__ = [
     "latent_affine",
     "nodule_centre",
     "nodule_preprocessing",
+    "restore_image_geometry",
     "window_bounds",
 ]

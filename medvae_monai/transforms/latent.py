@@ -1,4 +1,7 @@
-"""Dictionary transforms that encode images to latents and decode them back, keeping geometry.
+"""The geometry of latents and of the images decoded from them: affines, spatial shapes, metadata.
+
+Networks run in inferers (:class:`~medvae_monai.inferers.VAEInferer`); these transforms only move
+geometry between an image, its latent and the decoded image.
 
 A latent voxel ``j`` covers image voxels ``j*f .. j*f + f - 1`` along each axis, so the latent's
 affine is the image's affine scaled by ``f`` with its origin moved to the centre of that block.
@@ -14,7 +17,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["EncodeLatentd", "DecodeLatentd", "LatentGeometryd", "attach_latent_geometry", "latent_affine", "image_affine"]
+__all__ = [
+    "ImageGeometryd",
+    "LatentGeometryd",
+    "attach_latent_geometry",
+    "image_affine",
+    "latent_affine",
+    "restore_image_geometry",
+]
 
 ORIGINAL_AFFINE = "original_affine_before_encoding"
 ORIGINAL_SHAPE = "spatial_shape_before_encoding"
@@ -51,7 +61,7 @@ def attach_latent_geometry(latent: torch.Tensor, image: torch.Tensor, factor: in
     """Give a latent ``(Cz, *L)`` the geometry of the ``image`` ``(C, *S)`` it was encoded from.
 
     The result's affine is :func:`latent_affine` of the image's, and its metadata keeps the
-    image's metadata plus its affine and spatial shape, which :class:`DecodeLatentd` restores.
+    image's metadata plus its affine and spatial shape, which :func:`restore_image_geometry` restores.
     """
     img = _as_meta(image)
     meta = {k: v for k, v in img.meta.items() if k != "affine"}
@@ -85,91 +95,43 @@ class LatentGeometryd(MapTransform):
         return d
 
 
-class EncodeLatentd(MapTransform):
-    """Encode ``data[key]`` of shape ``(C, *S)`` into a latent MetaTensor ``(Cz, *ceil(S / f))``.
+def restore_image_geometry(image: torch.Tensor, latent: torch.Tensor) -> MetaTensor:
+    """Give an image ``(C, *S')`` decoded from ``latent`` the geometry of the image that was encoded.
+
+    The affine and spatial shape recorded by :func:`attach_latent_geometry` come back (the decoded
+    image is cropped to that shape, dropping the encoder's padding); a bare latent, with only its
+    own affine (e.g. read back from a NIfTI), gives the block grid's affine (:func:`image_affine`)
+    and keeps the decoded size.
+    """
+    z = _as_meta(latent)
+    meta = {k: v for k, v in z.meta.items() if k != "affine"}
+    shape = meta.pop(ORIGINAL_SHAPE, None)
+    affine = meta.pop(ORIGINAL_AFFINE, None)
+    factor = meta.pop(FACTOR, None)
+    x = image.as_tensor() if isinstance(image, MetaTensor) else image
+    if shape is not None:
+        x = x[(slice(None),) + tuple(slice(0, int(s)) for s in torch.as_tensor(shape).flatten())]
+    if affine is None:
+        f = int(factor) if factor is not None else round(x.shape[1] / z.shape[1])
+        affine = image_affine(z.affine, z.ndim - 1, f).to(z.affine.dtype)
+    return MetaTensor(x.detach().cpu(), affine=torch.as_tensor(affine), meta=meta)
+
+
+class ImageGeometryd(MapTransform):
+    """Restore the geometry of images decoded from latents (e.g. a decoding inferer's ``pred``), see
+    :func:`restore_image_geometry`; the inverse of :class:`LatentGeometryd`.
 
     Args:
-        keys: image keys to encode.
-        network: a :class:`~medvae_monai.networks.MedVAE` (or anything with ``encode`` and
-            ``downsample_factor``).
-        latent_key_postfix: the latent is stored under ``f"{key}_{postfix}"``.
-        sigma_key_postfix: if given, the posterior standard deviation is stored too.
-        device: where to run the network; the latent comes back on the CPU.
-        allow_missing_keys: do not raise if a key is absent.
+        keys: decoded image keys ``(C, *S')``.
+        latent_key: key of the latent each was decoded from.
     """
 
-    def __init__(
-        self,
-        keys: Sequence[Hashable] | Hashable,
-        network: torch.nn.Module,
-        latent_key_postfix: str = "latent",
-        sigma_key_postfix: str | None = None,
-        device: str | torch.device = "cpu",
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: Sequence[Hashable] | Hashable, latent_key: str, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.network = network
-        self.latent_key_postfix = latent_key_postfix
-        self.sigma_key_postfix = sigma_key_postfix
-        self.device = torch.device(device)
+        self.latent_key = latent_key
 
-    @torch.no_grad()
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        self.network.eval()
-        f = int(self.network.downsample_factor)
         for key in self.key_iterator(d):
-            img = _as_meta(d[key])
-            mu, sigma = self.network.encode(img.as_tensor()[None].float().to(self.device))
-            d[f"{key}_{self.latent_key_postfix}"] = attach_latent_geometry(mu[0], img, f)
-            if self.sigma_key_postfix:
-                d[f"{key}_{self.sigma_key_postfix}"] = attach_latent_geometry(sigma[0], img, f)
-        return d
-
-
-class DecodeLatentd(MapTransform):
-    """Decode latent ``data[key]`` of shape ``(Cz, *L)`` back to an image MetaTensor.
-
-    The output's affine and spatial shape come from the metadata written by
-    :class:`EncodeLatentd`; a bare latent (no such metadata) decodes to ``L * f`` voxels with
-    the affine implied by its own.
-
-    Args:
-        keys: latent keys to decode.
-        network: a :class:`~medvae_monai.networks.MedVAE`.
-        output_key_postfix: the image is stored under ``f"{key}_{postfix}"``.
-        device: where to run the network; the image comes back on the CPU.
-        allow_missing_keys: do not raise if a key is absent.
-    """
-
-    def __init__(
-        self,
-        keys: Sequence[Hashable] | Hashable,
-        network: torch.nn.Module,
-        output_key_postfix: str = "decoded",
-        device: str | torch.device = "cpu",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.network = network
-        self.output_key_postfix = output_key_postfix
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.network.eval()
-        f = int(self.network.downsample_factor)
-        for key in self.key_iterator(d):
-            z = _as_meta(d[key])
-            sd = z.ndim - 1
-            meta = {k: v for k, v in z.meta.items() if k != "affine"}
-            shape = meta.pop(ORIGINAL_SHAPE, None)
-            affine = meta.pop(ORIGINAL_AFFINE, None)
-            meta.pop(FACTOR, None)
-            size = None if shape is None else [int(s) for s in torch.as_tensor(shape).flatten()]
-            out = self.network.decode(z.as_tensor()[None].float().to(self.device), spatial_size=size)[0].cpu()
-            if affine is None:
-                affine = image_affine(z.affine, sd, f).to(z.affine.dtype)
-            d[f"{key}_{self.output_key_postfix}"] = MetaTensor(out, affine=torch.as_tensor(affine), meta=meta)
+            d[key] = restore_image_geometry(d[key], d[self.latent_key])
         return d
