@@ -4,7 +4,7 @@ full-resolution 3D ResNet-18 and the ruler, in one run on the same patient-group
 Every model reads the image alone: the 32 mm cube of :func:`medvae_monai.transforms.nodule_preprocessing`
 (1 mm isotropic, HU -1000..+400 to [0, 1], centred on the nodule mask). With the same training
 budget each (``--minutes`` of training iterations, the best of 9 validation scores tested, the
-harness of ``benchmarks/tasks.py``):
+harness of ``benchmarks/tasks.py``) and the same augmentation (in-plane flips):
 
 1. ``latent_frozen``: a :class:`~medvae_monai.networks.LatentClassifier` on the frozen 3D VAE's
    posterior (``--vae``, trained without labels on the training patients' VOIs), cached in memory;
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -40,10 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset
+from monai.data import CacheDataset, Dataset
 from monai.engines import SupervisedTrainer
 from monai.metrics import compute_roc_auc
 from monai.networks.nets import UNet, resnet18
+from monai.transforms import Compose, RandFlipd
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
 
@@ -72,21 +74,38 @@ CLASS_NAMES = ["benign", "malignant"]
 # the committed nodule VAE's architecture (bundle/configs/nodule.yaml's vae_def)
 VAE_ARGS = {"spatial_dims": 3, "in_channels": 1, "latent_channels": 4, "channels": (24, 48), "downsample_factor": 4,
             "num_res_blocks": 1, "decoder_res_blocks": 2}
-HEAD_CHANNELS = (32, 64)
+HEAD_CHANNELS = (16, 32)
 PUBLISHED = {"nodulemnist3d_resnet18_28_auroc": 0.863}
 TARGETS = {"holdout_auroc": 0.92, "auroc_gap": 0.02, "train_speedup": 20.0}
+# augmentation for every model: in-plane flips (the axial plane has no preferred side for a nodule);
+# image models draw them at random, the frozen head reads the cached latents of all four
+IN_PLANE_FLIPS = ((), (1,), (2,), (1, 2))
 CLS = {"type": "cls"}
 SEG = {"type": "seg", "labels": ["nodule"]}
 
 
-def load_split(source, split: str) -> list[dict]:
-    """Preprocessed cubes of one split: ``image`` (1, 32, 32, 32), ``mask``, ``label``, ``diameter_mm``."""
+def load_split(source, split: str, cache_dir: str | None = None) -> list[dict]:
+    """Preprocessed cubes of one split: ``image`` (1, 32, 32, 32), ``mask``, ``label``, ``diameter_mm``.
+
+    With ``cache_dir`` the cubes are kept there as plain tensors (read back with
+    ``weights_only=True``; MONAI's ``PersistentDataset`` would pickle MetaTensors), keyed by the
+    split's sources, so reruns skip the preprocessing.
+    """
     items = source.items(split)
-    out = []
-    for d in CacheDataset(items, nodule_preprocessing(), progress=False):
-        out.append({"image": d["image"].as_tensor().float(), "mask": d["mask"].as_tensor().float(),
-                    "label": int(d["label"]), "diameter_mm": float(d["diameter_mm"]), "patient_id": d["patient_id"]})
-    return out
+    key = hashlib.sha1("\n".join(str(it["source"]) for it in items).encode()).hexdigest()[:12]
+    path = Path(cache_dir, f"nodules_{split}_{key}.pt") if cache_dir else None
+    if path is not None and path.is_file():
+        c = torch.load(path, weights_only=True)
+    else:
+        ds = list(CacheDataset(items, nodule_preprocessing(), progress=False))
+        c = {"image": torch.stack([d["image"].as_tensor().float() for d in ds]),
+             "mask": torch.stack([d["mask"].as_tensor().float() for d in ds]),
+             "label": torch.tensor([int(d["label"]) for d in ds]),
+             "diameter_mm": torch.tensor([float(d["diameter_mm"]) for d in ds], dtype=torch.float64)}
+        if path is not None:
+            atomic_torch_save(c, path)
+    return [{"image": c["image"][i], "mask": c["mask"][i], "label": int(c["label"][i]),
+             "diameter_mm": float(c["diameter_mm"][i]), "patient_id": it["patient_id"]} for i, it in enumerate(items)]
 
 
 def binary_metrics(score: np.ndarray, y: np.ndarray, threshold: float = 0.5, n_boot: int = 2000) -> dict:
@@ -148,7 +167,7 @@ def run(args) -> tuple[dict, LatentImageClassifier, list[dict]]:
     set_determinism(seed=0)
     source = medvae_monai.data.ImageSource(args.dataset_dir, spatial_dims=3, class_names=CLASS_NAMES)
     t0 = time.perf_counter()
-    train_items, val, test = (load_split(source, s) for s in ("train", "val", "test"))
+    train_items, val, test = (load_split(source, s, args.cache_dir) for s in ("train", "val", "test"))
     r: dict = {"dataset": str(args.dataset_dir), "split": "patient-grouped (medvae_monai.data.splits)",
                **{f"n_{s}": len(v) for s, v in (("train", train_items), ("val", val), ("test", test))},
                "n_test_patients": len({d["patient_id"] for d in test}), "load_s": round(time.perf_counter() - t0, 1),
@@ -166,12 +185,14 @@ def run(args) -> tuple[dict, LatentImageClassifier, list[dict]]:
     r["vae"] = {"checkpoint": str(args.vae), "architecture": VAE_ARGS, "params": n_params(vae),
                 "trained": "without labels on the training patients' VOIs (bundle train.yaml, see bundle/docs)"}
     loss = ClassificationLoss("binary", class_weights(train_items, 2, "binary"))
-    image_loader = DataLoader(train_items, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    flip = Compose([RandFlipd(["image", "mask"], prob=0.5, spatial_axis=a) for a in (0, 1)])
+    image_loader = DataLoader(Dataset(train_items, flip), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    flipped = [{**d, "image": torch.flip(d["image"], dims) if dims else d["image"]} for d in train_items for dims in IN_PLANE_FLIPS]
     common = {"spec": CLS, "val": val, "names": CLASS_NAMES}
 
     frozen = LatentImageClassifier(copy.deepcopy(vae), LatentClassifier(3, 4, 2, "binary", HEAD_CHANNELS), freeze_encoder=True)
     t0 = time.perf_counter()
-    latents = DataLoader(cache_latents(frozen, train_items), batch_size=args.latent_batch_size, shuffle=True)
+    latents = DataLoader(cache_latents(frozen, flipped), batch_size=args.latent_batch_size, shuffle=True)
     cache_s = time.perf_counter() - t0
     _, rec = fit(HeadTrainer, seconds, latents, frozen, torch.optim.AdamW(frozen.head.parameters(), 1e-3), loss,
                  target_key="label", **common)
@@ -289,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latent_batch_size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save_model", default=None, help="write the selected latent classifier (VAE + head) here")
+    p.add_argument("--cache_dir", default=None, help="keep the preprocessed cubes here between runs")
     p.add_argument("--figure", default=None, help="write the docs picture (slices, reconstructions, probabilities) here")
     p.add_argument("--machine_note", default=f"{os.cpu_count()} CPU cores, no GPU")
     args = p.parse_args(argv)
