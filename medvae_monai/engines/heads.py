@@ -157,15 +157,7 @@ class HeadTrainer(SupervisedTrainer):
         if recon_weight > 0 and network.freeze_encoder:
             raise InputError("recon_weight > 0 needs a fine-tuned encoder (freeze_encoder=False); a frozen VAE does not change.")
         kwargs.setdefault("prepare_batch", ImageTarget(target_key=target_key))
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=loss_function,
-            **kwargs,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function, **kwargs)
         self.target_key = target_key
         self.recon_weight = float(recon_weight)
         self.elbo = elbo if elbo is not None else ELBOLoss("l1", beta=1e-4)

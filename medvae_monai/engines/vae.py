@@ -69,17 +69,9 @@ class VAETrainer(SupervisedTrainer):
         self.adversarial = adversarial.to(device) if adversarial is not None else None
         self.disc_optimizer = disc_optimizer
         self.adversarial_start_iteration = adversarial_start_iteration
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=loss_function,
-            train_handlers=None,
-            **kwargs,
-        )
-        self.state.kl_weight = loss_function.beta  # before the handlers attach: a KLWarmup then owns it
+        # handlers attach below, once the engine state has the KL weight
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, loss_function, **kwargs)
+        self.state.kl_weight = loss_function.beta  # a KLWarmup handler then schedules it
         for handler in train_handlers or ():
             handler.attach(self)
 
