@@ -120,3 +120,46 @@ def test_classifier_rule_breast_region_at_fixed_size(tmp_path: Path) -> None:
     assert abs(spot[0] - 355 * 128 / 400) <= 2 and abs(spot[1] - 195 * 128 / 400) <= 2
     small = MetaTensor(torch.rand(1, 64, 64))
     assert rule({"image": small})["image"] is small  # images no larger than size pass unchanged
+
+
+# --- the default 2D bundle configs on a class folder of DICOM pictures, no extra flag ---------------
+
+FILM = (576, 320)  # rows, columns: a side above the 512-pixel tile, so the VAE runs tile by tile
+
+
+@pytest.fixture(scope="module")
+def dicom_folder(tmp_path_factory) -> Path:
+    """``CC/film.dcm`` (MONOCHROME1, JPEG 2000, ImagerPixelSpacing) and ``CT/slice.dcm`` (one 5 mm slice)."""
+    root = tmp_path_factory.mktemp("dicoms")
+    film = mammogram_phantom(FILM, seed=5, bits_stored=BITS)
+    write_mammogram_dicom(root / "CC" / "film.dcm", (2**BITS - 1 - film).astype(np.uint16), "MONOCHROME1", "jpeg2000")
+    (root / "CT").mkdir()
+    _ct_slice(root / "CT" / "slice.dcm", [1, 0, 0, 0, 1, 0], [-22.4, -22.4, 35.0])
+    return root
+
+
+def _check_output(out: Path, src: Path, min_r: float) -> None:
+    """Output NIfTI ``out`` against DICOM ``src``: same size, 4x4 affine and units; correlated."""
+    import nibabel as nib
+
+    x = load(src)
+    img = nib.load(out)
+    y = np.asarray(img.dataobj, dtype=np.float32).reshape(x.shape[1:])
+    assert img.shape[:2] == tuple(x.shape[1:])
+    np.testing.assert_allclose(img.affine, x.affine.numpy(), atol=1e-3)  # spacing, z position, thickness
+    x = x[0].numpy()
+    assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > min_r
+    spread = np.percentile(x, 99.5) - np.percentile(x, 0.5)
+    assert abs(np.median(y) - np.median(x)) < 0.05 * spread  # the input's units, not [0, 1]
+
+
+@pytest.mark.slow
+def test_latent_store_of_dicom_pictures(tmp_path: Path, dicom_folder: Path) -> None:
+    from tests.conftest import run_bundle
+
+    run_bundle("encoding", "bundle/configs/encode.yaml", "--dataset_dir", str(dicom_folder),
+               "--output_dir", str(tmp_path / "store"))
+    run_bundle("decoding", "bundle/configs/decode.yaml", "--dataset_dir", str(tmp_path / "store"),
+               "--output_dir", str(tmp_path / "decoded"))
+    _check_output(tmp_path / "decoded/CC/film.nii.gz", dicom_folder / "CC/film.dcm", 0.98)
+    _check_output(tmp_path / "decoded/CT/slice.nii.gz", dicom_folder / "CT/slice.dcm", 0.9)
