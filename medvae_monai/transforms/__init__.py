@@ -1,5 +1,6 @@
 from .checks import CheckImaged, CheckImageMaskd
 from .dicom import DicomPictureReader
+from .features import FEATURE_MODES, FEATURES, FeatureExtract, FeatureExtractd, feature_channels
 from .io import LoadImageCheckedd
 from .intensity import CT_WINDOWS, CTWindow, CTWindowd, window_bounds
 from .nodule import (
@@ -30,6 +31,10 @@ __all__ = [
     "DicomPictureReader",
     "ForegroundToSize",
     "ForegroundToSized",
+    "FEATURES",
+    "FEATURE_MODES",
+    "FeatureExtract",
+    "FeatureExtractd",
     "ImageGeometryd",
     "LatentGeometryd",
     "LoadImageCheckedd",
@@ -39,6 +44,7 @@ __all__ = [
     "NoduleCrop",
     "NoduleCropd",
     "attach_latent_geometry",
+    "feature_channels",
     "image_affine",
     "latent_affine",
     "nodule_centre",
