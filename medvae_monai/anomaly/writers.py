@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import os
 from collections.abc import Hashable, Mapping
@@ -95,7 +96,7 @@ class SaveAnomalyMapd(MapTransform):
             arr = m.as_tensor()[0].numpy().astype(np.float32) if isinstance(m, MetaTensor) else np.asarray(m)[0]
             if self.volume:
                 affine = np.asarray(m.affine, dtype=np.float64) if isinstance(m, MetaTensor) else np.eye(4)
-                payload = nib.Nifti1Image(arr, affine).to_bytes()
+                payload = gzip.compress(nib.Nifti1Image(arr, affine).to_bytes(), compresslevel=6)
                 atomic_write(path, lambda f: f.write(payload))
             else:
                 if self.picture_files:
