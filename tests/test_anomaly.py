@@ -110,3 +110,14 @@ def test_bundle_volume_map_keeps_the_affine_with_a_task_vae(tmp_path):
     with open(out / "scores.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["method"] == "reconstruction" and float(row["score"]) > 0
+
+
+def test_committed_reference_matches_the_committed_vae(repo, monkeypatch):
+    """Replacing bundle/models/model.pt needs a new anomaly_reference.pt (see anomaly.yaml's building_reference)."""
+    from medvae_monai.config import load_bundle_network
+
+    monkeypatch.chdir(repo)
+    vae, ckpt = load_bundle_network(repo / "bundle/configs/common.yaml", ckpt_id="pretrained_ckpt")
+    assert ckpt is not None
+    ref = NormativeReference.load(repo / "bundle/models/anomaly_reference.pt", vae)
+    assert len(ref.latents) >= 1000 and ref.latents.shape[1] == vae.latent_channels

@@ -1,0 +1,135 @@
+"""Do feature-extraction channels help the heads? A heads-only ablation on the frozen task VAE.
+
+For each classification task, one task VAE is trained on the task's training images (as in
+``benchmarks/tasks.py``, ``--vae_minutes``). Then the same latent classifier head is trained
+(``--minutes`` each, best state on validation, as in ``tasks.py``) on:
+
+- ``none``: the posterior alone (the tasks benchmark's ``latent_frozen``);
+- ``sobel`` / ``gaussian`` / ``histeq`` / ``median``: the posterior plus one feature of the image
+  (:class:`medvae_monai.transforms.FeatureExtract`), average-pooled to the latent grid, as an extra
+  channel: the "apply only for the heads" use, where the VAE never sees the feature.
+
+The ``replace`` and ``channels`` uses need one VAE per feature (a VAE trained on filtered images,
+or with two input channels); they are not measured here (see the report). Usage::
+
+    python benchmarks/features.py --tasks breastmnist,busi_cls --minutes 0.5 --vae_minutes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from monai.utils import set_determinism
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from tasks import MAX_VAL, TASKS, BestOnValidation, evaluate, load_split, task_vae, train  # noqa: E402
+
+from medvae_monai.engines import HeadTrainer, class_weights  # noqa: E402
+from medvae_monai.losses import ClassificationLoss  # noqa: E402
+from medvae_monai.latents import cache_latents  # noqa: E402
+from medvae_monai.networks import LatentClassifier, LatentImageClassifier, MedVAE  # noqa: E402
+from medvae_monai.transforms import FeatureExtract  # noqa: E402
+from medvae_monai.utils import atomic_write, atomic_write_json  # noqa: E402
+
+VARIANTS = ("none", "sobel", "gaussian", "histeq", "median")
+
+
+class FeatureLatentVAE(torch.nn.Module):
+    """A frozen VAE whose posterior gains one image feature, pooled to the latent grid, as a channel.
+
+    The feature channel has zero posterior spread, so posterior sampling leaves it exact.
+    """
+
+    def __init__(self, vae: MedVAE, feature: str) -> None:
+        super().__init__()
+        self.vae = vae
+        self.extract = FeatureExtract(feature, "replace")
+        self.latent_channels = vae.latent_channels + vae.in_channels
+        self.downsample_factor = vae.downsample_factor
+        self.sample = vae.sample
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, sigma = self.vae.encode(x)
+        feat = torch.stack([self.extract(xi).as_tensor() for xi in x])
+        pool = F.avg_pool2d if x.ndim == 4 else F.avg_pool3d
+        feat = pool(self.vae.pad_to_factor(feat), self.downsample_factor)
+        return torch.cat([mu, feat], 1), torch.cat([sigma, torch.zeros_like(feat)], 1)
+
+
+def run_task(name: str, root: Path, minutes: float, vae_minutes: float) -> dict:
+    spec = TASKS[name]
+    set_determinism(seed=0)
+    train_items, names = load_split(spec, root, "train", spec.get("max_train"))
+    val_items, _ = load_split(spec, root, "val", MAX_VAL)
+    test_items, _ = load_split(spec, root, "test", spec.get("max_eval"))
+    vae, vae_info = task_vae(spec, train_items, vae_minutes * 60)
+    vae.eval()
+    k = len(names)
+    loss = ClassificationLoss(spec["task"], class_weights(train_items, k, spec["task"]))
+    result: dict = {"n_train": len(train_items), "n_test": len(test_items), "vae": vae_info}
+    for variant in VARIANTS:
+        set_determinism(seed=0)
+        enc = vae if variant == "none" else FeatureLatentVAE(vae, variant)
+        head = LatentClassifier(spec["dims"], enc.latent_channels, k, spec["task"], spec.get("head", (64, 128)))
+        model = LatentImageClassifier(enc, head, freeze_encoder=True)
+        t0 = time.perf_counter()
+        data = DataLoader(cache_latents(model, train_items), batch_size=256, shuffle=True)
+        selector = BestOnValidation(model, spec, val_items, names)
+        b = train(HeadTrainer, minutes * 60, data, model, torch.optim.AdamW(head.parameters(), 1e-3), loss,
+                  selector=selector, target_key="label")
+        selected = selector.restore()
+        metrics = evaluate(model, spec, test_items, names)
+        result[variant] = {"auroc": round(metrics["auroc"], 4), "acc": round(metrics["acc"], 4), "train_s": round(b.elapsed, 1),
+                           "images_seen": b.images, "wall_s": round(time.perf_counter() - t0, 1), **selected}
+        print(name, variant, result[variant], flush=True)
+    return result
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Feature channels for the heads (heads-only ablation)", "",
+             f"Machine: {results['machine']}; load average {results['load_average']}. Command: `{results['command']}`. "
+             f"Wall time {results['wall_s']} s.", "",
+             "| task | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+    for task, r in results["tasks"].items():
+        lines.append(f"| {task} test AUROC | " + " | ".join(f"{r[v]['auroc']:.3f}" for v in VARIANTS) + " |")
+        lines.append(f"| {task} test ACC | " + " | ".join(f"{r[v]['acc']:.3f}" for v in VARIANTS) + " |")
+    return "\n".join(lines + [""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--tasks", default="breastmnist,busi_cls")
+    p.add_argument("--minutes", type=float, default=0.5)
+    p.add_argument("--vae_minutes", type=float, default=1.0)
+    p.add_argument("--out", default="benchmarks/results/features.json")
+    p.add_argument("--machine_note", default="")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    t0 = time.perf_counter()
+    results = {"tasks": {t: run_task(t, Path(args.data), args.minutes, args.vae_minutes) for t in args.tasks.split(",")}}
+    results.update(
+        command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        machine=args.machine_note or f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
+        load_average=[round(v, 2) for v in os.getloadavg()], wall_s=round(time.perf_counter() - t0, 1),
+    )
+    out = Path(args.out)
+    atomic_write_json(out, results)
+    atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(results)), mode="w")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
