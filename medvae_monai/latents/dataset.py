@@ -7,7 +7,7 @@ import os
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .store import LatentStore
+from .reader import LatentStore
 
 __all__ = ["LatentDataset"]
 
@@ -24,6 +24,10 @@ class LatentDataset(Dataset):
             encoding); ``None`` keeps all.
         with_mask: also return each item's mask at image resolution (segmentation heads),
             loaded from the store's mask reference on every access.
+
+    From an entropy-coded store (``--codec entropy``) the latent is the decoded, quantised one
+    (integers times the rate point's inverse gain, :meth:`LatentStore.latent`), so heads train
+    straight from a coded store.
 
     Items:
         ``{"latent": (latent_channels, *L) float32, "label": int (when the source has labels),

@@ -1,0 +1,86 @@
+"""Write decoded store items as files: PNG for pictures, NIfTI (original affine) for volumes."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from monai.data import MetaTensor, NibabelWriter
+from PIL import Image
+
+from ..errors import InputError
+from ..outputs import output_path_for
+from ..utils import atomic_write, ensure_writable_dir
+
+__all__ = ["decode_to", "output_path", "write_decoded"]
+
+
+def output_path(store, index: int, output_dir: str | os.PathLike = ".") -> Path:
+    """Item ``index``'s decoded file under ``output_dir``: its source's safe relative name with
+    ``.png`` or ``.nii.gz`` (see :func:`~medvae_monai.outputs.output_path_for`).
+
+    Raises:
+        InputError: the path would resolve outside ``output_dir`` or onto an encoded source.
+    """
+    rec = store.records[index]
+    return output_path_for(rec["source"], output_dir, store.meta.get("source_root"), ext=rec["output_ext"], inputs=store.sources)
+
+
+def decode_to(store, output_dir: str | os.PathLike, network, indices: Sequence[int] | None = None, device=None) -> list[Path]:
+    """Decode items of ``store`` (default: all) into ``output_dir``, each named after its source.
+
+    Every output path is checked before the first is written, so a refused store writes nothing.
+
+    Raises:
+        InputError: an output path is not contained, or two sources map to one output name.
+    """
+    ensure_writable_dir(output_dir)
+    network.eval()
+    idx = range(len(store)) if indices is None else indices
+    seen: set[Path] = set()
+    for dup in (output_path(store, i, output_dir) for i in idx):
+        if dup in seen:
+            raise InputError(
+                f"{dup}: two sources of {store.path} map to this one output name; decode them into separate --output_dir."
+            )
+        seen.add(dup)
+    return [write_decoded(store, i, store.decode(i, network, device), output_dir) for i in idx]
+
+
+def write_decoded(store, index: int, image: MetaTensor, output_dir: str | os.PathLike) -> Path:
+    """Atomically write item ``index`` of ``store`` decoded as ``image`` under ``output_dir``
+    (at :func:`output_path`).
+
+    Pictures become 8-bit PNGs in the source's orientation (written with PIL: MONAI's
+    ``PILWriter`` would rescale intensities); volumes become float32 NIfTI through MONAI's
+    ``NibabelWriter`` with the record's affine, so geometry out equals geometry in.
+
+    Returns:
+        The written path.
+    """
+    rec = store.records[index]
+    path = output_path(store, index, output_dir)
+    arr = image.detach().cpu().numpy()
+    if rec["output_ext"] == ".png":
+        pic = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        if store.meta["source_kind"] == "folder":  # MONAI's PIL reader puts x (width) first
+            pic = np.swapaxes(pic, 1, 2)
+        pic = pic[0] if pic.shape[0] == 1 else np.moveaxis(pic, 0, -1)
+        buf = io.BytesIO()
+        Image.fromarray(pic).save(buf, format="PNG")
+        return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    affine = np.asarray(rec["affine"], dtype=np.float64)
+    writer = NibabelWriter(output_dtype=np.float32)
+    writer.set_data_array(arr if arr.shape[0] > 1 else arr[0], channel_dim=0 if arr.shape[0] > 1 else None)
+    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
+    try:  # NibabelWriter writes by file name: write a temp file beside, then rename
+        writer.write(str(tmp), verbose=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
