@@ -212,6 +212,16 @@ def figure(path: Path, x: torch.Tensor, recon: torch.Tensor, maps: torch.Tensor,
     atomic_write(path, lambda f: Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(f, format="PNG"))
 
 
+def run_record(argv: list[str] | None, machine_note: str, t_start: float) -> dict:
+    """How a benchmark was run: command, machine, load average at the end, wall time."""
+    return {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_note or f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Anomaly maps: pixel AUROC / AUPRC and image AUROC", "",
@@ -281,11 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             "mednist_foreign_patch_image_auroc": patch["image_auroc"],
             "mednist_foreign_patch_image_auroc_at_least_0.80": patch["image_auroc"] >= TARGETS["mednist_foreign_patch_image_auroc"],
         }
-    results.update(
-        command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        machine=args.machine_note or f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
-        load_average=[round(v, 2) for v in os.getloadavg()], wall_s=round(time.perf_counter() - t_start, 1),
-    )
+    results.update(run_record(argv, args.machine_note, t_start))
     atomic_write_json(out, results)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(results)), mode="w")
     print(markdown(results))

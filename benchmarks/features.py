@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from anomaly import run_record  # noqa: E402
 from tasks import MAX_VAL, TASKS, BestOnValidation, evaluate, load_split, task_vae, train  # noqa: E402
 
 from medvae_monai.engines import HeadTrainer, class_weights  # noqa: E402
@@ -120,11 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
     results = {"tasks": {t: run_task(t, Path(args.data), args.minutes, args.vae_minutes) for t in args.tasks.split(",")}}
-    results.update(
-        command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        machine=args.machine_note or f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
-        load_average=[round(v, 2) for v in os.getloadavg()], wall_s=round(time.perf_counter() - t0, 1),
-    )
+    results.update(run_record(argv, args.machine_note, t0))
     out = Path(args.out)
     atomic_write_json(out, results)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(markdown(results)), mode="w")
