@@ -163,3 +163,27 @@ def test_latent_store_of_dicom_pictures(tmp_path: Path, dicom_folder: Path) -> N
                "--output_dir", str(tmp_path / "decoded"))
     _check_output(tmp_path / "decoded/CC/film.nii.gz", dicom_folder / "CC/film.dcm", 0.98)
     _check_output(tmp_path / "decoded/CT/slice.nii.gz", dicom_folder / "CT/slice.dcm", 0.9)
+
+
+@pytest.mark.slow
+def test_infer_classifier_on_dicom_pictures(tmp_path: Path, dicom_folder: Path, repo: Path, monkeypatch) -> None:
+    """The classifier config runs on the folder as it is; the film goes through the region rule."""
+    import csv
+
+    from monai.bundle import ConfigParser
+
+    from tests.conftest import run_bundle
+
+    monkeypatch.chdir(repo)  # the configs' macros resolve from the repository root
+    parser = ConfigParser()
+    parser.read_config(str(repo / "bundle/configs/infer_classifier.yaml"))
+    parser["dataset_dir"] = str(dicom_folder)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "classifier.pt")  # untrained head
+    run_bundle("inferring", "bundle/configs/infer_classifier.yaml", "--dataset_dir", str(dicom_folder),
+               "--ckpt_path", str(tmp_path / "classifier.pt"), "--output_dir", str(tmp_path / "out"),
+               "--batch_size", "1", "--num_samples", "4")
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert sorted(r["source"] for r in rows) == ["CC/film.dcm", "CT/slice.dcm"]
+    for r in rows:
+        assert sum(float(r[f"p_{c}"]) for c in ("CC", "CT")) == pytest.approx(1.0, abs=1e-4)
