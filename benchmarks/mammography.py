@@ -4,7 +4,7 @@ No labelled, openly licensed mammography set can be had offline, so the film is 
 (:mod:`medvae_monai.data.mammograms`: power-law breast texture, a mass, microcalcifications),
 written as a scanner would send it: 16-bit (14 stored) MONOCHROME1, JPEG 2000 lossless,
 ImagerPixelSpacing 0.07 mm, in a class folder. Each default config runs unchanged (no extra flag)
-in its own subprocess, whose peak RSS is read with ``os.wait4``:
+in its own subprocess, whose peak RSS is its VmHWM (``/proc/self/status``) at exit:
 
 - ``inferring`` (inference.yaml): reconstruction + latent of every image;
 - ``encoding`` (encode.yaml) then ``decoding`` (decode.yaml): the latent store round trip.
@@ -49,19 +49,29 @@ BITS = 14
 LOAD = LoadImageCheckedd("image", image_only=True, ensure_channel_first=True, spatial_dims=2)
 
 
+# Runs monai.bundle and, at exit, writes its own VmHWM (peak RSS of the process image after exec).
+# Not ru_maxrss from wait4: Linux carries the parent's high-water mark across fork and exec, so a
+# child of this (large) process would report at least the parent's RSS.
+_PEAK_RSS_WRAPPER = (
+    "import atexit, runpy, sys; out = sys.argv.pop(1); "
+    "atexit.register(lambda: open(out, 'w').write(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')))); "
+    "sys.argv = ['monai.bundle'] + sys.argv[1:]; runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+)
+
+
 def run_config(run_id: str, config: str, *args: str) -> dict:
-    """Run one bundle config in a subprocess; its wall time and its own peak RSS (MB)."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
+    """Run one bundle config in a subprocess; its wall time and its own peak RSS (MB, VmHWM)."""
+    cmd = ["-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "vmhwm"
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, str(rss_file), *cmd[2:]], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode:
-            log.seek(0)
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
-    return {"command": " ".join(cmd[1:]), "wall_s": time.perf_counter() - t0, "peak_rss_mb": usage.ru_maxrss / 1024}
+            raise SystemExit(f"python {' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
+        peak_kb = int(rss_file.read_text().split()[1])
+    return {"command": "python " + " ".join(cmd), "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_kb / 1024}
 
 
 def fidelity(x: np.ndarray, y: np.ndarray, lo: float, hi: float, breast: np.ndarray) -> dict:
