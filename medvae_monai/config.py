@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
 from .errors import InputError, install_cli_excepthook
 from .utils import load_weights
 
-__all__ = ["check_cli_overrides", "config_ids", "load_bundle_network"]
+__all__ = [
+    "check_cli_overrides",
+    "config_ids",
+    "drop_last_for",
+    "load_bundle_network",
+    "parse_setting",
+    "require_output",
+]
+
+logger = logging.getLogger("medvae_monai")
 
 # arguments of `python -m monai.bundle run` itself, not config ids
 _RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
@@ -44,34 +56,106 @@ def _config_files(value: str) -> list[str]:
     return [str(p) for p in ([parsed] if isinstance(parsed, str) else parsed)]
 
 
-def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
-    """Refuse ``python -m monai.bundle run`` overrides that match no id of the config.
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
-    MONAI adds an unknown override as a new, unused id, so a typo such as ``--max_epoch 5``
-    would silently train with the default. Bundle configs call this in ``initialize``. It only
-    looks at a command line of ``monai.bundle run``; elsewhere (e.g. MONAI Label loading the
-    config in-process) it does nothing.
+
+def parse_setting(key: str, raw: str, default: object) -> object:
+    """Type a command-line value ``raw`` for config id ``key`` by the type of its ``default``.
+
+    Booleans: ``true/True/1/yes`` and ``false/False/0/no`` (any case); integers: whole numbers;
+    floats: finite numbers; ``null``/``None`` where the default is ``None``. Other defaults
+    (strings, lists, expressions) are returned as MONAI's command line parsed them.
 
     Raises:
-        InputError: naming the unknown override and the closest known ids.
+        InputError: naming ``--key``, the value and what it accepts.
+    """
+    text = raw.strip()
+    if default is None or isinstance(default, (str, list, dict)) or not isinstance(default, (bool, int, float)):
+        return None if text in ("null", "None") and default is None else _UNTYPED
+    if isinstance(default, bool):
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise InputError(f"--{key} {raw!r}: a boolean setting; give true/false (also True/False, yes/no, 1/0).")
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not np.isfinite(number):
+        raise InputError(f"--{key} {raw!r}: a numeric setting; give a finite number (default {default!r}).")
+    if isinstance(default, int):
+        if not number.is_integer():
+            raise InputError(f"--{key} {raw!r}: an integer setting; give a whole number (default {default!r}).")
+        return int(number)
+    return number
+
+
+_UNTYPED = object()  # parse_setting: leave MONAI's own parsing of the value
+
+
+def _running_parser() -> ConfigParser | None:
+    """The ``ConfigParser`` whose ``initialize`` is evaluating this call, found on the call stack.
+
+    MONAI's command line (python-fire) passes ``--resume false`` as the string ``"false"`` (truthy)
+    and has no hook to type values, so :func:`check_cli_overrides`, the first ``initialize`` step
+    of every config, types them in the running parser before anything reads them.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigParser):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def _set_unresolved(parser: ConfigParser, cid: str, value: object) -> None:
+    """Set config id ``cid`` in ``parser`` mid-resolution (``parser[cid] = v`` would reset the resolver)."""
+    item = parser.ref_resolver.items.get(cid)
+    if item is not None:
+        item.update_config(value)
+    *path, last = cid.split("#")
+    holder = parser.get()
+    for k in path:
+        holder = holder[int(k)] if isinstance(holder, list) else holder[k]
+    holder[int(last) if isinstance(holder, list) else last] = value
+
+
+def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
+    """Refuse unknown ``python -m monai.bundle run`` overrides and type the known ones.
+
+    MONAI adds an unknown override as a new, unused id, so a typo such as ``--max_epoch 5``
+    would silently train with the default. A value for a boolean or numeric id is typed by its
+    default with :func:`parse_setting` (``--skip_unreadable false`` means false) and set in the
+    running config. Bundle configs call this first in ``initialize``. It only looks at a command
+    line of ``monai.bundle run``; elsewhere (e.g. MONAI Label loading the config in-process) it
+    does nothing.
+
+    Raises:
+        InputError: naming the unknown override and the closest known ids, or a value that does
+            not fit its id's type.
     """
     argv = list(sys.argv if argv is None else argv)
     if not argv or "monai/bundle" not in argv[0].replace("\\", "/") or "run" not in argv[1:2]:
         return
     install_cli_excepthook()  # bad input then prints one readable message, not MONAI's traceback chain
-    names: list[str] = []
+    values: dict[str, str] = {}
     files: list[str] = []
     for i, tok in enumerate(argv):
         if not tok.startswith("--"):
             continue
-        name, _, value = tok[2:].partition("=")
+        name, eq, value = tok[2:].partition("=")
+        if not eq:  # "--key value"; a bare "--flag" means true, as python-fire reads it
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            value = nxt if nxt is not None and not nxt.startswith("--") else "true"
         if name == "config_file":
-            files += _config_files(value or (argv[i + 1] if i + 1 < len(argv) else ""))
-        names.append(name.replace("::", "#"))
+            files += _config_files(value)
+        values[name.replace("::", "#")] = value
     if not files:
         return
-    known = config_ids(ConfigParser.load_config_files(files)) | _RUN_ARGS
-    for name in names:
+    defaults = ConfigParser(ConfigParser.load_config_files(files))
+    defaults.resolve_macro_and_relative_ids()  # "%common.yaml::x" -> x's default
+    known = config_ids(defaults.get()) | _RUN_ARGS
+    for name in values:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
@@ -79,6 +163,13 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
                 f"unknown config override --{name}: no id '{name}' in {', '.join(files)}.{hint} "
                 "Check the spelling, or add the id to the config."
             )
+    parser = _running_parser()
+    for name, raw in values.items():
+        if name in _RUN_ARGS:
+            continue
+        typed = parse_setting(name, raw, defaults.get(name))
+        if typed is not _UNTYPED and parser is not None:
+            _set_unresolved(parser, name, typed)
 
 
 def load_bundle_network(
@@ -99,3 +190,29 @@ def load_bundle_network(
     if not ckpt or not Path(ckpt).is_file():
         return network, None
     return load_weights(network, ckpt), Path(ckpt)
+
+
+def drop_last_for(dataset: Sized, batch_size: int) -> bool:
+    """``DataLoader(drop_last=...)`` for training: drop a ragged last batch only if a full one exists.
+
+    With fewer items than ``batch_size`` (two dozen annotated images, batch 32) dropping it left
+    an empty loader: training "finished" with no step and no model. Then the one partial batch is
+    kept, and a line says so.
+    """
+    n = len(dataset)
+    if n < int(batch_size):
+        logger.warning("training set: %d item(s), fewer than --batch_size %d; training on one partial batch.", n, batch_size)
+        return False
+    return True
+
+
+def require_output(path: str | os.PathLike, what: str = "model") -> Path:
+    """Raise unless the run wrote ``path`` (a training run must never exit 0 without its model).
+
+    Raises:
+        RuntimeError: naming the missing file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RuntimeError(f"{p}: the run finished without writing its {what}; see the log above for why.")
+    return p

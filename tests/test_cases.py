@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
+from medvae_monai.config import parse_setting, require_output
 from medvae_monai.errors import InputError
 from medvae_monai.latents import encode_dataset
 from medvae_monai.networks import MedVAE
@@ -105,3 +108,68 @@ def test_datalist_abs_paths_bundle_inference_stays_contained(tmp_path: Path, dat
         [f"latents/{stem}{i}_latent.nii.gz" for i in range(2)] + [f"reconstructions/{stem}{i}_recon{ext}" for i in range(2)]
     )
     assert np.all([out.resolve() in p.resolve().parents for p in out.rglob("*")])
+
+
+# --- bool-override: command-line values are typed by the id's default, or refused by key ----------------------
+
+
+@pytest.mark.parametrize(
+    "raw, default, value",
+    [
+        *[(t, False, False) for t in ("false", "False", "FALSE", "0", "no", "No")],
+        *[(t, False, True) for t in ("true", "True", "1", "yes", "YES")],
+        ("32", 32, 32), ("8.0", 32, 8), ("1e-3", 0.002, 0.001), ("2", 0.5, 2.0),
+        ("null", None, None), ("None", None, None),
+    ],
+)
+def test_typed_settings(raw: str, default: object, value: object) -> None:
+    typed = parse_setting("key", raw, default)
+    assert typed == value and type(typed) is type(value)
+
+
+@pytest.mark.parametrize(
+    "raw, default", [("maybe", False), ("flase", True), ("", False), ("3.5", 32), ("abc", 32), ("nan", 0.1), ("inf", 1.0)]
+)
+def test_untyped_settings_are_refused_naming_the_key(raw: str, default: object) -> None:
+    with pytest.raises(InputError, match="--batch_size"):
+        parse_setting("batch_size", raw, default)
+
+
+@given(word=st.sampled_from(["true", "false", "yes", "no", "1", "0"]), flips=st.lists(st.booleans(), min_size=5, max_size=5))
+def test_any_spelling_of_a_boolean_parses(word: str, flips: list[bool]) -> None:
+    spelled = "".join(c.upper() if f else c for c, f in zip(word, flips + [False] * len(word)))
+    assert parse_setting("resume", spelled, True) is (word in ("true", "yes", "1"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spelling", ["false", "no"])
+def test_bool_override_skip_unreadable_false_stops_on_the_broken_file(tmp_path: Path, spelling: str) -> None:
+    data = make_case("bool-override", tmp_path / "case")
+    proc = run_bundle(
+        "training", "bundle/configs/train.yaml", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "run"),
+        "--skip_unreadable", spelling, "--max_epochs", "1", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "broken.png" in proc.stdout and "InputError" in proc.stdout
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+# --- few-images-train: a set smaller than one batch trains, and a run never exits 0 without its model ---------
+
+
+@pytest.mark.slow
+def test_few_images_train_writes_the_model_and_resume_false_retrains(tmp_path: Path) -> None:
+    data = make_case("few-images-train", tmp_path / "case")
+    run = ["--dataset_dir", str(data), "--output_dir", str(tmp_path / "run"), "--max_epochs", "1"]
+    proc = run_bundle("training", "bundle/configs/train.yaml", *run)  # default --batch_size 32 > 18 training images
+    assert "fewer than --batch_size 32" in proc.stdout
+    assert (tmp_path / "run" / "model.pt").is_file()
+    again = run_bundle("training", "bundle/configs/train.yaml", *run, "--resume", "false")
+    assert "Resumed" not in again.stdout and "nothing to do" not in again.stdout  # trained again from scratch
+    resumed = run_bundle("training", "bundle/configs/train.yaml", *run, "--resume", "True")
+    assert "nothing to do" in resumed.stdout
+
+
+def test_require_output_refuses_a_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="model.pt"):
+        require_output(tmp_path / "model.pt")
