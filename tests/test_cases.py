@@ -7,18 +7,27 @@ run the product the way the report did and assert the behaviour that the cases' 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from PIL import Image, ImageOps
+from hypothesis import given, settings
+from hypothesis.extra.numpy import arrays
 from hypothesis import strategies as st
 
-from medvae_monai.config import parse_setting, require_output
-from medvae_monai.errors import InputError
+from medvae_monai.config import load_bundle_network, parse_setting, require_output
+from medvae_monai.data import preprocessing_for
+from medvae_monai.errors import InputError, find_input_error
 from medvae_monai.latents import encode_dataset
 from medvae_monai.networks import MedVAE
+from medvae_monai.transforms import RestoreUnits, ScaleToUnit
+from medvae_monai.transforms.geometry import check_dicom_series, check_header_affine
 
 from .conftest import REPO, make_case, run_bundle
 
@@ -166,10 +175,305 @@ def test_few_images_train_writes_the_model_and_resume_false_retrains(tmp_path: P
     assert (tmp_path / "run" / "model.pt").is_file()
     again = run_bundle("training", "bundle/configs/train.yaml", *run, "--resume", "false")
     assert "Resumed" not in again.stdout and "nothing to do" not in again.stdout  # trained again from scratch
-    resumed = run_bundle("training", "bundle/configs/train.yaml", *run, "--resume", "True")
-    assert "nothing to do" in resumed.stdout
 
 
 def test_require_output_refuses_a_missing_model(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="model.pt"):
         require_output(tmp_path / "model.pt")
+
+
+# --- pictures: bit depth, palette, mode and EXIF orientation are facts of the file --------------------------
+
+
+def _load(path: Path, intensity: str = "auto", spatial_dims: int = 2) -> torch.Tensor:
+    pre = preprocessing_for(str(path.parent), spatial_dims, 1, None, intensity, "full", min_size=4)
+    return pre({"image": str(path)})["image"]
+
+
+def _shown(path: Path) -> np.ndarray:
+    """What a viewer shows, as the reader lays it out (MONAI's PIL reader puts x first)."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("I")).astype(np.float64).T
+
+
+def test_png16_keeps_its_grey_levels(tmp_path: Path) -> None:
+    data = make_case("png16", tmp_path / "case") / "xray16"
+    for path in sorted(data.glob("*.png")):
+        x = _load(path)
+        raw = np.asarray(Image.open(path)).astype(np.float64).T
+        assert len(np.unique(x.numpy())) > 50 and 0 < float(x.min()) and float(x.max()) < 1
+        np.testing.assert_allclose(x[0].numpy() * 65535, raw, atol=0.5)
+
+
+def test_png16_reconstruction_correlates_with_the_input(tmp_path: Path) -> None:
+    data = make_case("png16", tmp_path / "case") / "xray16"
+    network, _ = load_bundle_network(REPO / "bundle" / "configs" / "inference.yaml")
+    store = encode_dataset(network, data, tmp_path / "store", spatial_dims=2)  # the committed (8-bit MedNIST) VAE
+    for path in store.decode_to(tmp_path / "out", network):
+        out = np.asarray(Image.open(path))
+        src = np.asarray(Image.open(data / path.name))
+        assert out.dtype == np.uint16  # 16 bits in, 16 bits out
+        assert np.corrcoef(out.ravel(), src.ravel())[0, 1] > 0.9
+
+
+def test_png_palette_is_applied(tmp_path: Path) -> None:
+    path = make_case("png-palette", tmp_path / "case") / "palette" / "img0.png"
+    x = _load(path)
+    grey = np.asarray(Image.open(path).convert("L")).astype(np.float64).T
+    assert np.abs(x[0].numpy() * 255 - grey).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["rgba", "la"])
+def test_png_alpha_modes_are_refused_naming_the_file(tmp_path: Path, mode: str) -> None:
+    path = make_case("png-palette", tmp_path / "case") / mode / "img0.png"
+    with pytest.raises(Exception) as info:
+        _load(path)
+    err = find_input_error(info.value)
+    assert err is not None and str(path) in str(err) and "channel" in str(err)
+
+
+def _picture(path: Path, mode: str, orientation: int | None) -> np.ndarray:
+    """A non-square picture in ``mode`` (the siblings of the picture cases), with an EXIF orientation."""
+    yy, xx = np.mgrid[0:40, 0:24]
+    grey = (20 + 4 * xx + 2 * yy).astype(np.uint8)
+    grey[5:12, 3:9] = 250  # an asymmetric mark, so a wrong orientation shows
+    if mode == "I;16":
+        img = Image.fromarray(grey.astype(np.uint16) * 257)
+    elif mode == "P":  # grey palette in frequency order (pngquant)
+        perm = np.random.default_rng(1).permutation(256)
+        img = Image.frombytes("P", (24, 40), np.argsort(perm)[grey].astype(np.uint8).tobytes())
+        img.putpalette(np.repeat(perm[:, None], 3, axis=1).astype(np.uint8).ravel().tolist())
+    elif mode == "1":
+        img = Image.fromarray(grey > 120)
+    else:
+        img = Image.fromarray(grey).convert(mode)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(path, exif=exif.tobytes()) if path.suffix in (".png", ".jpg") and mode != "1" else img.save(path)
+    return grey
+
+
+@pytest.mark.parametrize("mode, bits", [("L", 8), ("I;16", 16), ("P", 8), ("1", 8)])
+@pytest.mark.parametrize("orientation", [None, 3, 6, 8])
+def test_picture_modes_bit_depths_and_orientation(tmp_path: Path, mode: str, bits: int, orientation: int | None) -> None:
+    path = tmp_path / "pics" / "img.png"
+    path.parent.mkdir()
+    _picture(path, mode, orientation if mode != "1" else None)
+    x = _load(path)
+    assert x.meta["intensity"]["a_max"] == 2**bits - 1
+    np.testing.assert_allclose(x[0].numpy() * (2**bits - 1), _shown(path), atol=0.5)
+
+
+def test_exif_orientation_is_written_back(tmp_path: Path) -> None:
+    """A decoded picture shows the way its input shows (rotated pixels, no orientation tag)."""
+    (tmp_path / "pics").mkdir()
+    _picture(tmp_path / "pics" / "img.png", "L", 6)
+    store = encode_dataset(_network(2), tmp_path / "pics", tmp_path / "store", spatial_dims=2)
+    (out,) = store.decode_to(tmp_path / "out", _network(2))
+    assert Image.open(out).size == ImageOps.exif_transpose(Image.open(tmp_path / "pics" / "img.png")).size == (40, 24)
+
+
+# --- intensity: scaling checks its own result; a collapsed percentile window falls back to min..max --------
+
+
+def test_sparse_volume_reaches_the_network_in_unit_range(tmp_path: Path) -> None:
+    data = make_case("sparse-volume", tmp_path / "case")
+    for path in sorted(data.glob("sparse*.nii.gz")):
+        with pytest.warns(UserWarning, match="collapsed"):
+            x = _load(path, spatial_dims=3)
+        assert 0.0 == float(x.min()) and float(x.max()) == 1.0
+        assert x.meta["intensity"]["a_max"] == float(nib.load(path).get_fdata().max())
+
+
+@pytest.mark.parametrize(
+    "mode, values, match",
+    [
+        ("ct", np.full((8, 8, 4), 5000.0), "constant"),  # all above the window: not HU?
+        ("uint8", np.arange(256, dtype=np.float64).reshape(8, 8, 4) * 100, "exceed 255"),
+        ("none", np.arange(256, dtype=np.float64).reshape(8, 8, 4), r"\[0, 1\]"),
+    ],
+)
+def test_scaling_refuses_a_useless_result_naming_the_file(tmp_path: Path, mode: str, values: np.ndarray, match: str) -> None:
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(values.astype(np.float32), np.eye(4)), path)
+    with pytest.raises(Exception) as info:
+        _load(path, intensity=mode, spatial_dims=3)
+    err = find_input_error(info.value)
+    assert err is not None and str(path) in str(err)
+    assert re.search(match, str(err))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float32, (6, 5, 4), elements=st.floats(-3000, 3000, width=32)),
+    st.sampled_from(["percentile", "ct"]),
+)
+def test_scaled_images_are_finite_in_unit_range_and_restore_to_their_units(values: np.ndarray, mode: str) -> None:
+    img = MetaTensor(torch.from_numpy(values), meta={"filename_or_obj": "x.nii.gz"})
+    try:
+        x = ScaleToUnit(mode, window="full")(img)
+    except InputError as e:
+        assert "x.nii.gz" in str(e)  # refused by name (constant, or nothing in the window)
+        return
+    assert torch.isfinite(x).all() and 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.max()) > float(x.min())
+    p = x.meta["intensity"]
+    inside = (values >= p["a_min"]) & (values <= p["a_max"])  # values inside the window come back exactly
+    back = RestoreUnits()(x.as_tensor(), p).numpy()
+    np.testing.assert_allclose(back[inside], values[inside], atol=1e-3 * max(1.0, p["a_max"] - p["a_min"]))
+
+
+# --- units: every route out writes the input's units (ct-hu-units) ------------------------------------------
+
+
+@pytest.mark.slow
+def test_ct_hu_units_inference_and_decode_both_write_hu(tmp_path: Path) -> None:
+    data = make_case("ct-hu-units", tmp_path / "case")
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "inference.yaml"))
+    parser["spatial_dims"] = 3
+    net = parser.get_parsed_content("network_def").eval()
+    torch.save(net.state_dict(), tmp_path / "net3d.pt")
+    run_bundle(
+        "inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(data / "dataset.json"), "--spatial_dims", "3",
+        "--intensity", "ct", "--ckpt_path", str(tmp_path / "net3d.pt"), "--output_dir", str(tmp_path / "infer"),
+    )  # fmt: skip
+    store = encode_dataset(net, data / "dataset.json", tmp_path / "store", spatial_dims=3, intensity="ct")
+    (decoded,) = store.decode_to(tmp_path / "decoded", net)
+    inferred = nib.load(tmp_path / "infer" / "reconstructions" / "ct0_recon.nii.gz")
+    a, b = inferred.get_fdata(), nib.load(decoded).get_fdata()
+    assert a.shape == b.shape == (32, 32, 12)
+    np.testing.assert_allclose(a, b, atol=1.0)  # the same HU, whichever config wrote it
+    assert a.min() >= -1000.0 - 1e-3 and a.max() <= 1000.0 + 1e-3 and a.max() - a.min() > 1.0  # HU window, not 0..1
+    np.testing.assert_allclose(inferred.affine, nib.load(data / "ct0.nii.gz").affine, atol=1e-3)
+
+
+# --- geometry: the affine out is the affine in, for every format and dimensionality -------------------------
+
+
+@pytest.mark.parametrize("fmt", ["nii/slice0.nii.gz", "dcm/slice0.dcm"])
+def test_nifti_2d_slice_keeps_its_4x4_affine_through_the_store(tmp_path: Path, fmt: str) -> None:
+    data = make_case("nifti-2d-slice", tmp_path / "case")
+    src = data / fmt
+    (tmp_path / "list").mkdir()
+    dl = tmp_path / "list" / "datalist.json"
+    dl.write_text(json.dumps({"training": [{"image": str(src)}]}))
+    x = _load(src, intensity="ct")
+    assert tuple(x.shape) == (1, 64, 64) and tuple(x.affine.shape) == (4, 4)
+    store = encode_dataset(_network(2), dl, tmp_path / "store", spatial_dims=2, intensity="ct")
+    (out,) = store.decode_to(tmp_path / "out", _network(2))
+    img = nib.load(out)
+    want = np.diag([-0.7, -0.7, 5.0, 1.0])
+    want[:3, 3] = [22.4, 22.4, 35.0]  # z position and slice thickness kept
+    assert img.shape[:2] == (64, 64) and int(np.prod(img.shape)) == 64 * 64
+    np.testing.assert_allclose(img.affine, want, atol=1e-3)
+
+
+def _rotation(a: float, b: float) -> np.ndarray:
+    ca, sa, cb, sb = np.cos(a), np.sin(a), np.cos(b), np.sin(b)
+    return np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cb, -sb], [0, sb, cb]])
+
+
+def _write_volume(path: Path, affine: np.ndarray, shape=(16, 12, 8)) -> None:
+    vol = np.indices(shape).sum(0).astype(np.float32) * 10
+    if path.name.endswith((".nii", ".nii.gz")):
+        nib.save(nib.Nifti1Image(vol, affine), path)
+        return
+    import itk
+
+    img = itk.image_from_array(np.ascontiguousarray(vol.transpose(2, 1, 0)))  # ITK arrays are z, y, x
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing(spacing.tolist())
+    img.SetOrigin(lps[:3, 3].tolist())
+    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(lps[:3, :3] / spacing)))
+    itk.imwrite(img, str(path))
+
+
+_AFFINES = {
+    "axis": np.diag([0.8, 0.8, 3.0, 1.0]),
+    "flipped": np.diag([-0.7, -0.7, 2.5, 1.0]),
+    "oblique": np.vstack([np.hstack([_rotation(0.3, 0.2) * [0.9, 1.1, 2.0], [[-40.0], [12.5], [7.0]]]), [0, 0, 0, 1]]),
+}
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+@pytest.mark.parametrize("name", sorted(_AFFINES))
+def test_affine_in_is_affine_out_through_the_store(tmp_path: Path, suffix: str, name: str) -> None:
+    (tmp_path / "vols").mkdir()
+    path = tmp_path / "vols" / f"v{suffix}"
+    _write_volume(path, _AFFINES[name])
+    x = _load(path, spatial_dims=3)
+    np.testing.assert_allclose(np.asarray(x.affine), _AFFINES[name], atol=1e-3)
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps({"training": [{"image": f"vols/v{suffix}"}]}))
+    store = encode_dataset(_network(3), dl, tmp_path / "store", spatial_dims=3)
+    (out,) = store.decode_to(tmp_path / "out", _network(3))
+    np.testing.assert_allclose(nib.load(out).affine, _AFFINES[name], atol=1e-3)
+
+
+def test_nifti_sform_and_qform_disagree_keeps_nibabels_affine(tmp_path: Path) -> None:
+    path = tmp_path / "v.nii.gz"
+    img = nib.Nifti1Image(np.indices((16, 12, 8)).sum(0).astype(np.float32), _AFFINES["oblique"])
+    img.set_qform(_AFFINES["axis"], code=1)  # a stale qform, as some converters leave it
+    img.set_sform(_AFFINES["oblique"], code=2)
+    nib.save(img, path)
+    assert not np.allclose(nib.load(path).get_qform(), nib.load(path).get_sform())
+    with pytest.warns(UserWarning, match="kept the sform"):  # MONAI's reader took the qform: said and corrected
+        x = _load(path, spatial_dims=3)
+    np.testing.assert_allclose(np.asarray(x.affine), nib.load(path).affine, atol=1e-3)  # the sform
+
+
+def test_reader_affine_differing_from_the_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "v.nii.gz"
+    _write_volume(path, _AFFINES["oblique"])
+    img = MetaTensor(torch.zeros(1, 16, 12, 8), affine=torch.eye(4))  # what a reader that lost the header gives
+    with pytest.raises(InputError, match="differs from the file's header"):
+        check_header_affine(img, path)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.floats(-3.1, 3.1), st.floats(-1.5, 1.5), st.lists(st.floats(0.2, 5.0), min_size=3, max_size=3),
+    st.lists(st.floats(-500, 500), min_size=3, max_size=3), st.sampled_from([".nii.gz", ".mha"]),
+)  # fmt: skip
+def test_any_affine_survives_loading(tmp_path_factory, a: float, b: float, spacing: list, origin: list, suffix: str) -> None:
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(a, b) * spacing
+    affine[:3, 3] = origin
+    path = tmp_path_factory.mktemp("aff") / f"v{suffix}"
+    _write_volume(path, affine, shape=(4, 4, 4))
+    np.testing.assert_allclose(np.asarray(_load(path, spatial_dims=3).affine), affine, atol=1e-3)
+
+
+def _ct_series(folder: Path, z: list[float]) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir()
+    series = generate_uid()
+    for i, zi in enumerate(z):
+        fm = FileMetaDataset()
+        fm.MediaStorageSOPClassUID, fm.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        fm.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = fm
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, fm.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = series, series, series
+        ds.Modality, ds.InstanceNumber = "CT", i + 1
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, zi], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness, ds.Rows, ds.Columns = [0.7, 0.7], 2.5, 16, 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept, ds.RescaleSlope = 15, 0, -1024, 1
+        ds.PixelData = (np.arange(256, dtype=np.uint16).reshape(16, 16) * (i + 1)).tobytes()
+        ds.save_as(folder / f"{i:03d}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.parametrize("z", [[0, 2.5, 5, 10, 12.5], [0, 2.5, 4, 7.5, 10]], ids=["missing-slice", "uneven"])
+def test_dicom_series_with_missing_slices_or_uneven_spacing_is_refused(tmp_path: Path, z: list[float]) -> None:
+    _ct_series(tmp_path / "series", z)
+    with pytest.raises(InputError, match="uneven slice spacing") as info:
+        check_dicom_series(tmp_path / "series")
+    assert str(tmp_path / "series") in str(info.value)
+    _ct_series(tmp_path / "even", [0, 2.5, 5, 7.5, 10])
+    check_dicom_series(tmp_path / "even")  # a complete series passes

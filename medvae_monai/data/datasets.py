@@ -22,12 +22,10 @@ from monai.transforms import (
     Lambdad,
     Resized,
     ResizeWithPadOrCropd,
-    ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
 )
 
 from ..errors import InputError, describe_source, find_input_error
-from ..transforms import CheckImaged, CheckImageMaskd, CTWindowd, LoadImageCheckedd
+from ..transforms import CheckImaged, CheckImageMaskd, LoadImageCheckedd, ScaleToUnitd
 from .phantoms import PHANTOM_CLASSES, phantom_items
 from .sources import PICTURE_SUFFIXES, class_folder_items, datalist_items, first_image, medmnist_items, source_kind
 from .splits import split_items
@@ -170,16 +168,12 @@ def preprocessing(
     else:
         xs += [EnsureChannelFirstd(keys, channel_dim=0)]
     if intensity == "auto":
-        intensity = {"phantom": "ct", "medmnist": "uint8"}.get(kind) or ("uint8" if _is_picture(items) else "percentile")
+        intensity = {"phantom": "ct", "medmnist": "uint8"}.get(kind) or ("bit_depth" if _is_picture(items) else "percentile")
     xs.append(CheckImaged("image", channels=in_channels, spatial_dims=spatial_dims, min_size=min_size))
     if with_mask:
         xs.append(CheckImageMaskd("mask", image_key="image"))
-    if intensity == "uint8":
-        xs.append(ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
-    elif intensity == "ct":
-        xs.append(CTWindowd("image", window=ct_window if isinstance(ct_window, str) else tuple(ct_window)))
-    elif intensity == "percentile":
-        xs.append(ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True))
+    # checked scaling that records its map, so every writer can restore the input's units
+    xs.append(ScaleToUnitd("image", mode=intensity, window=ct_window if isinstance(ct_window, str) else tuple(ct_window)))
     if spatial_size is not None:
         size = [int(s) for s in spatial_size]
         if kind in ("folder", "medmnist") and spatial_dims == 2:

@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 
 from ..errors import InputError
 from ..networks import MedVAE
-from ..transforms import LoadImageCheckedd
+from ..transforms import LoadImageCheckedd, RestoreUnits
 from ..utils import load_weights
 from .codec import EntropyCodec, load_codec
 from .coding import TableCoder, check16
@@ -24,13 +24,6 @@ from .format import READABLE_FORMATS, STORE_FILE, read_manifest, sha256_file, sh
 from .tiling import tiled_decode
 
 __all__ = ["LatentStore"]
-
-
-def _invert_intensity(x: torch.Tensor, p: dict) -> torch.Tensor:
-    """Map ``[b_min, b_max]`` back to ``[a_min, a_max]`` (the inverse of ScaleIntensityRange)."""
-    if p["a_max"] == p["a_min"]:
-        return x - p["b_min"] + p["a_min"]
-    return (x - p["b_min"]) * ((p["a_max"] - p["a_min"]) / (p["b_max"] - p["b_min"])) + p["a_min"]
 
 
 class LatentStore:
@@ -229,7 +222,7 @@ class LatentStore:
                 x = tiled_decode(network, z, tile // f, overlap // f, rec["shape"], device)[0]
             else:
                 x = network.decode(z.to(device), spatial_size=rec["shape"])[0].float().cpu()
-        x = _invert_intensity(x, rec["intensity"])
+        x = RestoreUnits(picture_dtype=False)(x, rec["intensity"])  # the same inverse as inference.yaml's
         return MetaTensor(
             x, affine=torch.tensor(rec["affine"], dtype=torch.float64), meta={"filename_or_obj": rec["source"]}
         )

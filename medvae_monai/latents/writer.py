@@ -28,6 +28,7 @@ from ..data.sources import PICTURE_SUFFIXES
 from ..errors import InputError
 from ..networks import MedVAE
 from ..outputs import contained_path
+from ..transforms import intensity_map
 from ..utils import atomic_write, atomic_write_json, ensure_writable_dir
 from .codec import EntropyCodec, load_codec
 from .coding import TableCoder, check16
@@ -63,8 +64,9 @@ class RecordIntensityd(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         s = self.scaler
-        if s is None:
-            d["intensity"] = {"a_min": 0.0, "a_max": 1.0, "b_min": 0.0, "b_max": 1.0, "clip": False}
+        if s is None:  # ScaleToUnitd (the package's preprocessing) records its own map on the image
+            recorded = intensity_map(d[self.first_key(d)])
+            d["intensity"] = recorded or {"a_min": 0.0, "a_max": 1.0, "b_min": 0.0, "b_max": 1.0, "clip": False}
             return d
         if hasattr(s, "lower"):  # percentiles, computed exactly as ScaleIntensityRangePercentiles does
             img = d[self.first_key(d)]

@@ -2,7 +2,18 @@ from .checks import CheckImaged, CheckImageMaskd
 from .dicom import DicomPictureReader
 from .features import FEATURE_MODES, FEATURES, FeatureExtract, FeatureExtractd, feature_channels
 from .io import LoadImageCheckedd
-from .intensity import CT_WINDOWS, CTWindow, CTWindowd, window_bounds
+from .intensity import (
+    CT_WINDOWS,
+    INTENSITY_KEY,
+    CTWindow,
+    CTWindowd,
+    RestoreUnits,
+    RestoreUnitsd,
+    ScaleToUnit,
+    ScaleToUnitd,
+    intensity_map,
+    window_bounds,
+)
 from .nodule import (
     NODULE_CUBE,
     NODULE_HU_WINDOW,
@@ -27,6 +38,11 @@ __all__ = [
     "CTWindow",
     "CTWindowd",
     "CheckImageMaskd",
+    "INTENSITY_KEY",
+    "RestoreUnits",
+    "RestoreUnitsd",
+    "ScaleToUnit",
+    "ScaleToUnitd",
     "CheckImaged",
     "DicomPictureReader",
     "ForegroundToSize",
@@ -46,6 +62,7 @@ __all__ = [
     "attach_latent_geometry",
     "feature_channels",
     "image_affine",
+    "intensity_map",
     "latent_affine",
     "nodule_centre",
     "nodule_preprocessing",
