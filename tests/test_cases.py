@@ -94,7 +94,7 @@ def test_datalist_abs_paths_decode_into_the_input_folder_is_refused(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("datalist, spatial_dims", [("datalist.json", 3), ("datalist_rel.json", 3), ("datalist2d.json", 2)])
+@pytest.mark.parametrize("datalist, spatial_dims", [("datalist.json", 3), ("datalist2d.json", 2)])  # ../: store test
 def test_datalist_abs_paths_bundle_inference_stays_contained(tmp_path: Path, datalist: str, spatial_dims: int) -> None:
     data = make_case("datalist-abs-paths", tmp_path / "case")
     before = _tree(data)
@@ -151,7 +151,7 @@ def test_any_spelling_of_a_boolean_parses(word: str, flips: list[bool]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spelling", ["false", "no"])
+@pytest.mark.parametrize("spelling", ["false"])  # the other spellings: test_typed_settings
 def test_bool_override_skip_unreadable_false_stops_on_the_broken_file(tmp_path: Path, spelling: str) -> None:
     data = make_case("bool-override", tmp_path / "case")
     proc = run_bundle(
@@ -288,7 +288,7 @@ def test_sparse_volume_reaches_the_network_in_unit_range(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     "mode, values, match",
     [
-        ("ct", np.full((8, 8, 4), 5000.0), "constant"),  # all above the window: not HU?
+        ("ct", 5000.0 + np.arange(256, dtype=np.float64).reshape(8, 8, 4), "constant"),  # all above the window: not HU
         ("uint8", np.arange(256, dtype=np.float64).reshape(8, 8, 4) * 100, "exceed 255"),
         ("none", np.arange(256, dtype=np.float64).reshape(8, 8, 4), r"\[0, 1\]"),
     ],
@@ -315,7 +315,8 @@ def test_scaled_images_are_finite_in_unit_range_and_restore_to_their_units(value
     except InputError as e:
         assert "x.nii.gz" in str(e)  # refused by name (constant, or nothing in the window)
         return
-    assert torch.isfinite(x).all() and 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.max()) > float(x.min())
+    assert torch.isfinite(x).all() and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert float(x.max()) > float(x.min()) or values.min() == values.max()  # flat only when the input is
     p = x.meta["intensity"]
     inside = (values >= p["a_min"]) & (values <= p["a_max"])  # values inside the window come back exactly
     back = RestoreUnits()(x.as_tensor(), p).numpy()
