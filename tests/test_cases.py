@@ -344,7 +344,7 @@ def test_ct_hu_units_inference_and_decode_both_write_hu(tmp_path: Path) -> None:
     a, b = inferred.get_fdata(), nib.load(decoded).get_fdata()
     assert a.shape == b.shape == (32, 32, 12)
     np.testing.assert_allclose(a, b, atol=1.0)  # the same HU, whichever config wrote it
-    assert a.min() >= -1000.0 - 1e-3 and a.max() <= 1000.0 + 1e-3 and a.max() - a.min() > 1.0  # HU window, not 0..1
+    assert a.min() < -500.0 and a.max() - a.min() > 1.0  # HU (air near -1000), not window units 0..1
     np.testing.assert_allclose(inferred.affine, nib.load(data / "ct0.nii.gz").affine, atol=1e-3)
 
 

@@ -21,7 +21,7 @@ from monai.data import MetaTensor
 from PIL import Image
 
 from medvae_monai.data import list_items, preprocessing
-from medvae_monai.errors import InputError
+from medvae_monai.errors import InputError, find_input_error
 from medvae_monai.inferers import VAEInferer
 from medvae_monai.networks import MedVAE
 from medvae_monai.transforms import (
@@ -108,6 +108,11 @@ def test_preprocessing_keeps_shape_and_geometry(img: MetaTensor, data) -> None:
     sd = img.ndim - 1
     intensity = data.draw(st.sampled_from(["ct", "percentile", "uint8", "none"]))
     xform = preprocessing("phantom", [{"image": img}], spatial_dims=sd, intensity=intensity)
+    if intensity in ("uint8", "none"):  # HU values (-1200..2500) do not fit these ranges: refused, not clipped
+        with pytest.raises(Exception) as info:
+            xform({"image": img.clone()})
+        assert find_input_error(info.value) is not None
+        return
     out = xform({"image": img.clone()})["image"]
     assert out.shape == img.shape and out.dtype == torch.float32
     assert torch.allclose(out.affine.double(), img.affine.double())
