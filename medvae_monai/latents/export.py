@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from monai.data import MetaTensor, NibabelWriter
 from PIL import Image
@@ -74,6 +76,12 @@ def write_decoded(store, index: int, image: MetaTensor, output_dir: str | os.Pat
         Image.fromarray(pic).save(buf, format="PNG")
         return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
     affine = np.asarray(rec["affine"], dtype=np.float64)
+    if arr.ndim == 3 and len(affine) == 4:  # a one-slice image given to a 2D model: (H, W, 1) with its 4x4 affine;
+        # nibabel directly, MONAI's NibabelWriter fails on a trailing singleton axis (monai 1.6.1)
+        vol = arr[0][:, :, None] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)[:, :, None, :]
+        nii = nib.Nifti1Image(vol.astype(np.float32), affine)
+        nii.header.set_xyzt_units("mm")
+        return atomic_write(path, lambda fh: fh.write(gzip.compress(nii.to_bytes(), mtime=0)))
     writer = NibabelWriter(output_dtype=np.float32)
     writer.set_data_array(arr if arr.shape[0] > 1 else arr[0], channel_dim=0 if arr.shape[0] > 1 else None)
     writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
