@@ -154,6 +154,16 @@ def _check_output(out: Path, src: Path, min_r: float) -> None:
 
 
 @pytest.mark.slow
+def test_inferring_dicom_pictures(tmp_path: Path, dicom_folder: Path) -> None:
+    from tests.conftest import run_bundle
+
+    run_bundle("inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(dicom_folder),
+               "--output_dir", str(tmp_path), "--batch_size", "1")
+    _check_output(tmp_path / "reconstructions/CC/film_recon.nii.gz", dicom_folder / "CC/film.dcm", 0.98)
+    _check_output(tmp_path / "reconstructions/CT/slice_recon.nii.gz", dicom_folder / "CT/slice.dcm", 0.9)
+
+
+@pytest.mark.slow
 def test_latent_store_of_dicom_pictures(tmp_path: Path, dicom_folder: Path) -> None:
     from tests.conftest import run_bundle
 
