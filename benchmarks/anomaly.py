@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from tasks import TASKS, load_split, pretrained_vae, train  # noqa: E402
 
 from medvae_monai.anomaly import AnomalyInferer, NormativeReference, image_score  # noqa: E402
-from medvae_monai.data import CheckedCacheDataset, list_items, preprocessing  # noqa: E402
+from medvae_monai.data import CheckedCacheDataset, ImageSource  # noqa: E402
 from medvae_monai.engines import VAETrainer  # noqa: E402
 from medvae_monai.losses import ELBOLoss  # noqa: E402
 from medvae_monai.networks import MedVAE  # noqa: E402
@@ -163,9 +163,9 @@ def score_maps(maps: torch.Tensor, masks: torch.Tensor, kinds: list[str]) -> dic
 
 def load_mednist(root: Path, n_train: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
     def images(split: str, n: int) -> torch.Tensor:
-        items, info = list_items(root / "MedNIST", split, 2, max_items=n)
-        xform = preprocessing(info["kind"], items, 2, 1)
-        return torch.stack([d["image"].as_tensor().float() for d in CheckedCacheDataset(items, xform, progress=False)])
+        source = ImageSource(root / "MedNIST", 2, 1, max_items=n)
+        items = CheckedCacheDataset(source.items(split), source.preprocessing())
+        return torch.stack([d["image"].as_tensor().float() for d in items])
 
     return images("train", n_train), images("test", n_test)
 

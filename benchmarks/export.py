@@ -48,11 +48,11 @@ def _median_s(fn, repeats: int) -> float:
 
 def _batch(data: Path, n: int) -> tuple[torch.Tensor, str]:
     if data.is_dir():
-        from medvae_monai.data import list_items, preprocessing_for
+        from medvae_monai.data import ImageSource
 
-        items, _ = list_items(str(data), "test", 2, max_items=n)
-        chain = preprocessing_for(str(data), 2, 1)
-        return torch.stack([chain(dict(it))["image"].as_tensor() for it in items]), f"MedNIST test split ({data})"
+        source = ImageSource(str(data), 2, 1, max_items=n)
+        chain = source.preprocessing()
+        return torch.stack([chain(it)["image"].as_tensor() for it in source.items("test")]), f"MedNIST test split ({data})"
     torch.manual_seed(1)
     return torch.rand(n, 1, 64, 64), "uniform random images (MedNIST not found)"
 

@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from anomaly import run_record  # noqa: E402
 from tasks import MAX_VAL, TASKS, BestOnValidation, evaluate, load_split, task_vae, train  # noqa: E402
 
-from medvae_monai.engines import HeadTrainer, class_weights  # noqa: E402
+from medvae_monai.data import class_weights  # noqa: E402
+from medvae_monai.engines import HeadTrainer  # noqa: E402
 from medvae_monai.losses import ClassificationLoss  # noqa: E402
 from medvae_monai.latents import cache_latents  # noqa: E402
 from medvae_monai.networks import LatentClassifier, LatentImageClassifier, MedVAE  # noqa: E402

@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medvae_monai.data import list_items  # noqa: E402
+from medvae_monai.data import ImageSource  # noqa: E402
 from medvae_monai.data.mammograms import mammogram_phantom  # noqa: E402
 from medvae_monai.losses import ELBOLoss  # noqa: E402
 from medvae_monai.networks import MedVAE  # noqa: E402
@@ -59,7 +59,7 @@ def busi(split: str) -> list[np.ndarray]:
     from PIL import Image
 
     root = REPO.parent / "shared" / "data" / "BUSI"
-    return [np.asarray(Image.open(it["image"]), dtype=np.float32) / 255 for it in list_items(root, split)[0]]
+    return [np.asarray(Image.open(it["image"]), dtype=np.float32) / 255 for it in ImageSource(root).items(split)]
 
 
 def crops(images: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medvae_monai.data import list_items, make_dataset  # noqa: E402
+from medvae_monai.data import ImageSource, make_dataset  # noqa: E402
 from medvae_monai.latents import LatentDataset, encode_dataset, tiled_decode, tiled_encode  # noqa: E402
 from medvae_monai.networks import LatentClassifier, LatentImageClassifier, MedVAE  # noqa: E402
 from medvae_monai.utils import atomic_write, atomic_write_json, load_weights  # noqa: E402
@@ -132,7 +132,7 @@ def _train_speed(model: torch.nn.Module, loader: DataLoader, key: str, batches: 
 def storage_and_speed(args: argparse.Namespace, work: Path) -> dict:
     ckpt, origin = _weights(args, work)
     vae = load_weights(MedVAE(2, 1), ckpt).eval()
-    items, _ = list_items(args.mednist, "all", max_items=args.items)
+    items = ImageSource(args.mednist, max_items=args.items).items("all")
     n = len(items)
     result: dict = {"weights": origin, "dataset": "MedNIST", "items": n, "model": dict(vae.hparams)}
 

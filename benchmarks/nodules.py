@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from tasks import BestOnValidation, evaluate, n_params, train  # noqa: E402
 
 import medvae_monai.data  # noqa: E402
-from medvae_monai.engines import HeadTrainer, ImageTarget, class_weights  # noqa: E402
+from medvae_monai.engines import HeadTrainer, ImageTarget  # noqa: E402
 from medvae_monai.inferers import PosteriorSamplingInferer  # noqa: E402
 from medvae_monai.latents import cache_latents  # noqa: E402
 from medvae_monai.losses import ClassificationLoss, SegmentationLoss  # noqa: E402
@@ -184,7 +184,7 @@ def run(args) -> tuple[dict, LatentImageClassifier, list[dict]]:
     vae = load_weights(MedVAE(**VAE_ARGS), args.vae).eval()
     r["vae"] = {"checkpoint": str(args.vae), "architecture": VAE_ARGS, "params": n_params(vae),
                 "trained": "without labels on the training patients' VOIs (bundle train.yaml, see bundle/docs)"}
-    loss = ClassificationLoss("binary", class_weights(train_items, 2, "binary"))
+    loss = ClassificationLoss("binary", medvae_monai.data.class_weights(train_items, 2, "binary"))
     flip = Compose([RandFlipd(["image", "mask"], prob=0.5, spatial_axis=a) for a in (0, 1)])
     image_loader = DataLoader(Dataset(train_items, flip), batch_size=args.batch_size, shuffle=True, drop_last=True)
     flipped = [{**d, "image": torch.flip(d["image"], dims) if dims else d["image"]} for d in train_items for dims in IN_PLANE_FLIPS]

@@ -48,7 +48,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medvae_monai.data import list_items  # noqa: E402
+from medvae_monai.data import ImageSource  # noqa: E402
 from medvae_monai.latents import encode_dataset, load_codec  # noqa: E402
 from medvae_monai.utils import atomic_write, atomic_write_json  # noqa: E402
 
@@ -186,7 +186,7 @@ def zarr_comparison(store, work: Path) -> dict:
 
 def pictures_2d(name: str, folder: Path, split: str, n: int | None, codec_path: Path, work: Path, span) -> dict:
     """One 2D dataset: product and peers on the same 8-bit pictures."""
-    items, _ = list_items(folder, split, max_items=n)
+    items = ImageSource(folder, max_items=n).items(split)
     pics = [np.asarray(Image.open(it["image"]).convert("L")) for it in items]
     originals = float(np.mean([Path(it["image"]).stat().st_size for it in items]))
     points = peers_2d(pics)
@@ -213,7 +213,7 @@ def finish(name: str, n: int, originals: float, points: list[dict], anchor: str,
 
 def busi_folder(work: Path, n: int) -> Path:
     """BUSI test pictures resized to 256x256 (area), written as PNG class folders."""
-    items, _ = list_items(DATA / "BUSI", "test", max_items=n)
+    items = ImageSource(DATA / "BUSI", max_items=n).items("test")
     root = work / "busi256"
     for it in items:
         pic = Image.open(it["image"]).convert("L").resize((256, 256), Image.Resampling.BOX)

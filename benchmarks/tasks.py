@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medvae_monai.data import CheckedCacheDataset, list_items, preprocessing  # noqa: E402
-from medvae_monai.engines import HeadTrainer, ImageTarget, VAETrainer, class_weights  # noqa: E402
+from medvae_monai.data import CheckedCacheDataset, ImageSource, class_weights  # noqa: E402
+from medvae_monai.engines import HeadTrainer, ImageTarget, VAETrainer  # noqa: E402
 from medvae_monai.handlers import classification_metrics, segmentation_metrics  # noqa: E402
 from medvae_monai.latents import cache_latents  # noqa: E402
 from medvae_monai.losses import ClassificationLoss, ELBOLoss, SegmentationLoss  # noqa: E402
@@ -95,20 +95,18 @@ TARGETS = {"auroc_gap": 0.01, "dice_gap": 0.03, "train_speedup": 20.0}
 def load_split(spec: dict, root: Path, split: str, max_items: int | None) -> tuple[list[dict], list[str]]:
     """Preprocessed items of one split as plain tensors: ``image`` (1, *S) in [0, 1], ``label``/``mask``."""
     dataset_dir = None if spec["data"] is None else root / spec["data"]
-    items, info = list_items(dataset_dir, split, spec["dims"], max_items=max_items)
+    source = ImageSource(dataset_dir, spec["dims"], 1, spec.get("size"), max_items=max_items)
     seg = spec["type"] == "seg"
-    xform = preprocessing(
-        info["kind"], items, spec["dims"], 1, spec.get("size"), with_mask=seg, binary_mask=len(spec.get("labels", [])) < 2
-    )
+    xform = source.preprocessing(with_mask=seg, binary_mask=len(spec.get("labels", [])) < 2)
     out = []
-    for d in CheckedCacheDataset(items, xform):
+    for d in CheckedCacheDataset(source.items(split), xform):
         item = {"image": d["image"].as_tensor().float()}
         if seg:
             item["mask"] = torch.as_tensor(d["mask"]).as_subclass(torch.Tensor).float()
         else:
             item["label"] = int(d["label"])
         out.append(item)
-    return out, spec.get("names") or info["class_names"]
+    return out, spec.get("names") or source.class_names
 
 
 class Budget:

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from monai.data.folder_layout import FolderLayoutBase
 
-from .data.sources import IMAGE_SUFFIXES
+from .data import IMAGE_SUFFIXES
 from .errors import InputError
 
 __all__ = [

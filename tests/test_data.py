@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medvae_monai.data import PHANTOM_CLASSES, list_items, make_dataset, make_phantom, split_items
+from medvae_monai.data import PHANTOM_CLASSES, ImageSource, make_dataset, make_phantom, split_items
 from medvae_monai.errors import InputError
 
 from .conftest import data_path
@@ -33,7 +33,7 @@ def test_phantoms_are_deterministic_and_realistic():
 
 def test_phantom_dataset_is_the_default():
     ds = make_dataset(None, "val", max_items=12)
-    assert ds.info["kind"] == "phantom" and ds.info["class_names"] == list(PHANTOM_CLASSES)
+    assert ds.source.kind == "phantom" and ds.source.class_names == list(PHANTOM_CLASSES)
     x = ds[0]["image"]
     assert x.shape == (1, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
 
@@ -66,10 +66,9 @@ def test_patient_split_keeps_each_patient_on_one_side():
 
 def test_mednist_split_matches_documented_file_ranges():
     root = data_path("MedNIST")
-    test, info = list_items(root, "test")
-    train, _ = list_items(root, "train")
-    val, _ = list_items(root, "val")
-    assert info["class_names"] == ["AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT"]
+    source = ImageSource(root)
+    test, train, val = source.items("test"), source.items("train"), source.items("val")
+    assert source.class_names == ["AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT"]
     assert len(test) == 3000 and len(val) == 1500 and len(train) == 13500
     numbers = {s: sorted({int(i["source"].split("/")[1][:6]) for i in part}) for s, part in
                (("train", train), ("val", val), ("test", test))}
@@ -83,7 +82,7 @@ def test_mednist_split_matches_documented_file_ranges():
 
 def test_medmnist_official_splits():
     npz = data_path("MedMNIST", "breastmnist.npz")
-    sizes = {s: len(list_items(npz, s)[0]) for s in ("train", "val", "test")}
+    sizes = {s: len(ImageSource(npz).items(s)) for s in ("train", "val", "test")}
     assert sizes == {"train": 546, "val": 78, "test": 156}
     ds = make_dataset(npz, "test")
     assert ds[0]["image"].shape == (1, 28, 28) and ds[0]["label"] in (0, 1)
@@ -100,7 +99,7 @@ def test_msd_datalist_with_nibabel_and_itk(tmp_path):
         entries.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
     (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
     ds = make_dataset(tmp_path, "all", spatial_dims=3, with_mask=True, spatial_size=(16, 16, 8))
-    assert len(ds) == 3 and ds.info["kind"] == "datalist" and ds.info["has_masks"]
+    assert len(ds) == 3 and ds.source.kind == "datalist" and ds.source.has_masks
     item = ds[0]
     assert item["image"].shape == item["mask"].shape == (1, 16, 16, 8)
     assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
@@ -116,7 +115,7 @@ def test_msd_datalist_with_nibabel_and_itk(tmp_path):
 def test_real_hippocampus_volume_keeps_affine():
     root = data_path("Task04_Hippocampus")
     ds = make_dataset(root, "test", spatial_dims=3, with_mask=True, binary_mask=False, max_items=2)
-    first = list_items(root, "test", spatial_dims=3, max_items=2)[0][0]
+    first = ImageSource(root, spatial_dims=3, max_items=2).items("test")[0]
     ref = nib.load(first["image"])
     torch.testing.assert_close(ds[0]["image"].affine, torch.as_tensor(ref.affine), check_dtype=False)
     assert tuple(ds[0]["image"].shape[1:]) == ref.shape and set(torch.unique(ds[0]["mask"]).tolist()) == {0, 1, 2}
@@ -126,13 +125,13 @@ def test_clear_errors_for_unusable_input(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="hold.* no images"):
-        list_items(empty, "all")
+        ImageSource(empty).items("all")
     cls = tmp_path / "tree" / "CXR"
     cls.mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(cls / "ok.png")
     (cls / "notes.txt").write_text("not an image")
     with pytest.raises(InputError, match=r"notes.txt: not an image file"):
-        list_items(tmp_path / "tree", "all")
+        ImageSource(tmp_path / "tree").items("all")
     (cls / "notes.txt").unlink()
     (cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(InputError, match=r"broken.png: cannot be read as an image"):
@@ -142,4 +141,4 @@ def test_clear_errors_for_unusable_input(tmp_path):
     with pytest.raises(InputError, match=r"rgb.png.*takes 1 channel"):
         make_dataset(tmp_path / "tree", "all", in_channels=1)
     with pytest.raises(InputError, match="does not exist"):
-        list_items(tmp_path / "nowhere", "all")
+        ImageSource(tmp_path / "nowhere").items("all")

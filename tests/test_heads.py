@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from medvae_monai.data import CheckedCacheDataset, list_items, preprocessing
-from medvae_monai.engines import HeadTrainer, class_weights, label_counts, require_targets
+from medvae_monai.data import CheckedCacheDataset, ImageSource
+from medvae_monai.engines import HeadTrainer
 from medvae_monai.errors import InputError
 from medvae_monai.handlers import classification_metrics
 from medvae_monai.inferers import PosteriorSamplingInferer
@@ -78,29 +78,6 @@ def test_head_config_errors():
         LatentSegmenter(2, 2, 2, 4, (8, 8), context_channels=(8,))
 
 
-def test_missing_labels_and_class_count_errors():
-    items = [{"image": "a.png", "label": 0, "source": "a.png"}, {"image": "b.png", "source": "b.png"}]
-    with pytest.raises(InputError, match=r"1 of 2 images have no 'label', e.g. b.png"):
-        label_counts(items, 2)
-    with pytest.raises(InputError, match="no 'mask'.*_mask.png"):
-        require_targets(items, "mask")
-    items = [{"image": f"{i}.png", "label": i % 3} for i in range(9)]
-    with pytest.raises(InputError, match="outside 0..1.*--num_classes 3"):
-        label_counts(items, 2)
-    with pytest.raises(InputError, match="3 classes.*num_classes=4"):
-        label_counts(items, 4, class_names=["a", "b", "c"])
-
-
-def test_class_weights_balance_imbalanced_classes():
-    items = [{"label": 0}] * 30 + [{"label": 1}] * 10
-    w = class_weights(items, 2)
-    torch.testing.assert_close(w, torch.tensor([40 / 60, 40 / 20]))
-    # weighted, each class contributes equally to the loss
-    assert w[0] * 30 == pytest.approx(w[1] * 10)
-    rows = [{"labels": np.array([1, 0])}] * 3 + [{"labels": np.array([1, 1])}]
-    torch.testing.assert_close(class_weights(rows, 2, "multilabel"), torch.tensor([0.0, 3.0]))
-
-
 def _write_png(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.astype(np.uint8)).save(path)
@@ -109,9 +86,9 @@ def _write_png(path, array):
 def test_image_and_mask_shapes_must_match(tmp_path):
     _write_png(tmp_path / "benign" / "case1.png", np.full((32, 32), 100))
     _write_png(tmp_path / "benign" / "case1_mask.png", np.zeros((32, 24)))
-    items, info = list_items(tmp_path, "all")
+    source = ImageSource(tmp_path)
     with pytest.raises(InputError, match="case1"):
-        CheckedCacheDataset(items, preprocessing(info["kind"], items, with_mask=True))
+        CheckedCacheDataset(source.items("all"), source.preprocessing(with_mask=True))
 
 
 def test_classification_metrics_known_values():
@@ -169,8 +146,8 @@ def _val_auroc(net, items):
 
 
 def _load(dataset_dir, split, n, with_mask=False, size=None):
-    items, info = list_items(dataset_dir, split, max_items=n)
-    ds = CheckedCacheDataset(items, preprocessing(info["kind"], items, spatial_size=size, with_mask=with_mask))
+    source = ImageSource(dataset_dir, spatial_size=size, max_items=n)
+    ds = CheckedCacheDataset(source.items(split), source.preprocessing(with_mask=with_mask))
     out = []
     for d in ds:
         item = {"image": d["image"].as_tensor()}

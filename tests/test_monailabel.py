@@ -58,12 +58,12 @@ def studies_and_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
     """Three 64x64 CT phantoms as 2D NIfTI studies, and seeded weights for the segmentation head."""
     from monai.bundle import ConfigParser
 
-    from medvae_monai.data import list_items
+    from medvae_monai.data import ImageSource
 
     monkeypatch.chdir(REPO)
     studies = tmp_path / "studies"
     studies.mkdir()
-    items, _ = list_items(None, "test", 2, max_items=12)
+    items = ImageSource(None, 2, max_items=12).items("test")
     for item in items[::4]:  # one normal, one cyst, one tumour
         name = item["source"].replace("/", "_")
         nib.save(nib.Nifti1Image(item["image"][0].numpy().astype(np.float32), np.eye(4)), studies / f"{name}.nii.gz")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from monai.data import MetaTensor
 from PIL import Image
 
-from medvae_monai.data import list_items, preprocessing
+from medvae_monai.data import ImageSource
 from medvae_monai.errors import InputError, find_input_error
 from medvae_monai.inferers import VAEInferer
 from medvae_monai.networks import MedVAE
@@ -107,7 +107,7 @@ def test_ct_window_on_unit_range_is_idempotent(x: float) -> None:
 def test_preprocessing_keeps_shape_and_geometry(img: MetaTensor, data) -> None:
     sd = img.ndim - 1
     intensity = data.draw(st.sampled_from(["ct", "percentile", "uint8", "none"]))
-    xform = preprocessing("phantom", [{"image": img}], spatial_dims=sd, intensity=intensity)
+    xform = ImageSource(None, spatial_dims=sd, intensity=intensity).preprocessing()
     if intensity in ("uint8", "none"):  # HU values (-1200..2500) do not fit these ranges: refused, not clipped
         with pytest.raises(Exception) as info:
             xform({"image": img.clone()})
@@ -249,7 +249,7 @@ def test_random_bytes_to_dataset_and_checkpoint_loaders(tmp_path_factory, payloa
     path = d / f"x.{kind}"
     path.write_bytes(payload)
     with time_limit(30), pytest.raises(InputError, match="x\\." + kind):
-        load_state_dict(path) if kind == "pt" else list_items(path, "train")
+        load_state_dict(path) if kind == "pt" else ImageSource(path).items("train")
 
 
 def test_intact_files_load(tmp_path: Path) -> None:

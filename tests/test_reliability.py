@@ -19,7 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
-from medvae_monai.data import list_items, make_dataset
+from medvae_monai.data import ImageSource, make_dataset
 from medvae_monai.errors import InputError
 from medvae_monai.networks import MedVAE
 from medvae_monai.utils import atomic_write_json, ensure_writable_dir, load_state_dict, load_weights
@@ -111,9 +111,9 @@ def test_corrupt_file_random_content(tmp_path: Path, suffix: str) -> None:
 def test_non_image_file_in_class_folder(tmp_path: Path) -> None:
     root = class_folder(tmp_path, {"notes.txt": lambda p: p.write_text("scan notes"), "x.png": write_png})
     with refused("not an image file.*skip_unreadable", "notes.txt"):
-        list_items(root, "all")
+        ImageSource(root).items("all")
     with pytest.warns(UserWarning, match="skipped 1 non-image file"):
-        items, _ = list_items(root, "all", skip_unreadable=True)
+        items = ImageSource(root, skip_unreadable=True).items("all")
     assert [Path(it["image"]).name for it in items] == ["x.png"]
 
 
@@ -204,16 +204,16 @@ def test_mixed_sizes_warn_before_batching(tmp_path: Path) -> None:
 # row: an empty dataset folder
 def test_empty_dataset_folder(tmp_path: Path) -> None:
     with refused("no images", str(tmp_path)):
-        list_items(tmp_path, "all")
+        ImageSource(tmp_path).items("all")
     (tmp_path / "benign").mkdir()
     with refused("class folders \\['benign'\\] hold\\(s\\) no images"):
-        list_items(tmp_path, "all")
+        ImageSource(tmp_path).items("all")
 
 
 def test_empty_split(tmp_path: Path) -> None:
     root = class_folder(tmp_path, {"x.png": write_png})  # one image: it lands in train, test is empty
     with refused("split 'test' is empty"):
-        list_items(root, "test")
+        ImageSource(root).items("test")
 
 
 # row: labels missing, or unknown class names
@@ -222,22 +222,22 @@ def test_unknown_class_folder(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         write_png(tmp_path / name / "x.png")
     with refused("unknown class 'malignnat' \\(did you mean 'malignant'\\?\\)", "malignnat"):
-        list_items(tmp_path, "all", class_names=["benign", "malignant", "normal"])
-    items, info = list_items(tmp_path, "all")  # without a class list the folders define the classes
-    assert info["class_names"] == ["benign", "malignnat"]
+        ImageSource(tmp_path, class_names=["benign", "malignant", "normal"]).items("all")
+    source = ImageSource(tmp_path)  # without a class list the folders define the classes
+    assert source.class_names == ["benign", "malignnat"]
 
 
 def test_class_names_fix_label_indices(tmp_path: Path) -> None:
     (tmp_path / "normal").mkdir()
     write_png(tmp_path / "normal" / "x.png")  # a test set holding only the last class
-    items, info = list_items(tmp_path, "all", class_names=["benign", "malignant", "normal"])
-    assert [it["label"] for it in items] == [2] and info["class_names"] == ["benign", "malignant", "normal"]
+    source = ImageSource(tmp_path, class_names=["benign", "malignant", "normal"])
+    assert [it["label"] for it in source.items("all")] == [2] and source.class_names == ["benign", "malignant", "normal"]
 
 
 def test_labels_missing(tmp_path: Path) -> None:
     write_png(tmp_path / "x.png")  # a flat folder: no class sub-folders, so no labels
     with refused("no class sub-folders.*no labels", str(tmp_path)):
-        list_items(tmp_path, "all", class_names=["benign", "malignant"])
+        ImageSource(tmp_path, class_names=["benign", "malignant"]).items("all")
 
 
 # row: image and mask shapes or affines that differ
@@ -282,13 +282,13 @@ def test_datalist_wrong_keys(tmp_path: Path, content: dict, match: str) -> None:
     write_nifti(tmp_path / "a.nii.gz")
     (tmp_path / "list.json").write_text(json.dumps(content))
     with refused(match, "list.json"):
-        list_items(tmp_path / "list.json", "all")
+        ImageSource(tmp_path / "list.json").items("all")
 
 
 def test_datalist_not_json(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text('{"training": [')
     with refused("cannot be read as a datalist JSON", "list.json"):
-        list_items(tmp_path / "list.json", "all")
+        ImageSource(tmp_path / "list.json").items("all")
 
 
 # row: unknown or misspelled config overrides

@@ -28,7 +28,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
-from medvae_monai.data.sources import IMAGE_SUFFIXES
+from medvae_monai.data import IMAGE_SUFFIXES
 from medvae_monai.outputs import contained_path
 from medvae_monai.utils import atomic_write_json
 

@@ -157,12 +157,11 @@ def reference_for(
     gives ``None`` with a logged warning, or raises :class:`InputError` with ``strict``.
     """
     if reference_dir not in (None, ""):
-        from ..data import CheckedCacheDataset, list_items, preprocessing  # data imports transforms; avoid a cycle
+        from ..data import CheckedCacheDataset, ImageSource  # data imports transforms; avoid a cycle
 
-        items, info = list_items(reference_dir, "train", spatial_dims, max_items=max_images)
-        xform = preprocessing(info["kind"], items, spatial_dims, in_channels, spatial_size, intensity,
-                              min_size=int(vae.downsample_factor))
-        images = [d["image"].as_tensor() for d in CheckedCacheDataset(items, xform, progress=False)]
+        source = ImageSource(reference_dir, spatial_dims, in_channels, spatial_size, intensity, max_items=max_images)
+        xform = source.preprocessing(min_size=int(vae.downsample_factor))
+        images = [d["image"].as_tensor() for d in CheckedCacheDataset(source.items("train"), xform)]
         batches = (torch.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
         return NormativeReference.build(vae, batches, device)
     if reference_file in (None, "") or not Path(reference_file).is_file():

@@ -1,32 +1,39 @@
-from .datasets import (
-    INTENSITY_MODES,
-    CheckedCacheDataset,
-    DatasetInfo,
-    list_items,
-    make_dataset,
-    preprocessing,
-    preprocessing_for,
-)
+from .source import IMAGE_SUFFIXES, PICTURE_SUFFIXES, VOLUME_SUFFIXES, ImageSource, file_suffix, is_picture_file
+from .sources import ClassFolderSource, ImageFileSource, MedMNISTSource, MSDDatalistSource, PhantomSource
+from .csv_datalist import CSVDatalistSource
+from .datasets import CheckedCacheDataset, make_dataset
+from .labels import TARGET_KEYS, class_weights, classification_postprocessing, label_counts, require_targets, target_key
 from .phantoms import PHANTOM_CLASSES, make_phantom, phantom_items
-from .sources import class_folder_items, datalist_items, medmnist_items, reconstruction_suffix, source_kind
+from .preprocessing import INTENSITY_MODES, RecordIntensityd, build_preprocessing
 from .splits import SPLITS, split_items
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "INTENSITY_MODES",
     "PHANTOM_CLASSES",
+    "PICTURE_SUFFIXES",
     "SPLITS",
+    "TARGET_KEYS",
+    "VOLUME_SUFFIXES",
+    "CSVDatalistSource",
     "CheckedCacheDataset",
-    "DatasetInfo",
-    "class_folder_items",
-    "datalist_items",
-    "list_items",
+    "ClassFolderSource",
+    "ImageFileSource",
+    "ImageSource",
+    "MSDDatalistSource",
+    "MedMNISTSource",
+    "PhantomSource",
+    "RecordIntensityd",
+    "build_preprocessing",
+    "class_weights",
+    "classification_postprocessing",
+    "file_suffix",
+    "is_picture_file",
+    "label_counts",
     "make_dataset",
     "make_phantom",
-    "medmnist_items",
     "phantom_items",
-    "preprocessing",
-    "preprocessing_for",
-    "reconstruction_suffix",
-    "source_kind",
+    "require_targets",
     "split_items",
+    "target_key",
 ]

@@ -1,7 +1,10 @@
-"""List the items of a dataset source: a class-folder tree, a MedMNIST ``.npz`` or an MSD datalist.
+"""The standard image sources: phantoms, class-folder trees, MedMNIST ``.npz``, MSD datalists and
+single image files (the CSV datalist is in :mod:`~medvae_monai.data.csv_datalist`).
 
-Every lister returns plain dicts (``{"image": path-or-tensor, "label"?: int, "mask"?: path, ...}``)
-and refuses unusable input with an :class:`~medvae_monai.errors.InputError` that names the path.
+Each is an :class:`~medvae_monai.data.ImageSource` subclass; ``ImageSource(dataset_dir)`` picks the
+one that claims ``dataset_dir``. Every lister returns plain dicts (``{"image": path-or-tensor,
+"source": str, "label"?: int, "mask"?: path, ...}``) and refuses unusable input with an
+:class:`~medvae_monai.errors.InputError` that names the path.
 """
 
 from __future__ import annotations
@@ -9,9 +12,8 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import warnings
-from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,241 +21,279 @@ import torch
 from monai.data import MetaTensor
 
 from ..errors import InputError
+from .phantoms import PHANTOM_CLASSES, phantom_items
+from .source import IMAGE_SUFFIXES, ImageSource, file_suffix
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "VOLUME_SUFFIXES",
-    "class_folder_items",
-    "datalist_items",
-    "first_image",
-    "medmnist_items",
-    "reconstruction_suffix",
-    "source_kind",
-]
+__all__ = ["ClassFolderSource", "ImageFileSource", "MSDDatalistSource", "MedMNISTSource", "PhantomSource"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("medvae_monai")
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm")
-IMAGE_SUFFIXES = PICTURE_SUFFIXES + VOLUME_SUFFIXES
 MASK_SUFFIX = "_mask"
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+# embedded default: enough phantoms for a meaningful first training run in about a minute
+PHANTOM_COUNT = {2: 720, 3: 120}
+PHANTOM_SIZE = {2: 64, 3: 32}
 
 
 def _stem(path: Path) -> str:
-    return path.name[: -len(_suffix(path))]
+    return path.name[: -len(file_suffix(path))]
 
 
-def source_kind(dataset_dir: str | os.PathLike | None) -> str:
-    """Classify a ``dataset_dir``: ``phantom``, ``medmnist``, ``datalist`` or ``folder``."""
-    if dataset_dir in (None, "", "none", "None"):
-        return "phantom"
-    p = Path(dataset_dir)
-    if not p.exists():
-        raise InputError(f"dataset_dir {str(p)!r} does not exist; give an existing folder, .npz or datalist .json.")
-    if p.is_file():
-        if p.suffix == ".npz":
-            return "medmnist"
-        if p.suffix == ".json":
-            return "datalist"
-        raise InputError(f"dataset_dir {str(p)!r} is a file but not a MedMNIST .npz or a datalist .json.")
-    if (p / "dataset.json").is_file():
-        return "datalist"
-    return "folder"
+class PhantomSource(ImageSource):
+    """The embedded CT phantoms (:mod:`~medvae_monai.data.phantoms`), used when there is no ``dataset_dir``."""
+
+    kind = "phantom"
+    priority = 100
+    from_files = False
+
+    @classmethod
+    def claims(cls, path):
+        return path is None
+
+    @property
+    def intensity_mode(self) -> str:
+        return "ct" if self.intensity == "auto" else self.intensity
+
+    def _list(self):
+        n, size = PHANTOM_COUNT[self.spatial_dims], PHANTOM_SIZE[self.spatial_dims]
+        logger.warning(
+            "No dataset_dir given: using the embedded phantom dataset (%d %dD CT phantoms of %d voxels per side, "
+            "seed %d). Pass --dataset_dir to use real images.",
+            n, self.spatial_dims, size, self.seed,
+        )
+        return phantom_items(n, size, self.spatial_dims, self.seed), list(PHANTOM_CLASSES)
 
 
-def class_folder_items(
-    root: str | os.PathLike, skip_unreadable: bool = False, class_names: Sequence[str] | None = None
-) -> tuple[list[dict], list[str]]:
-    """Items of a MedNIST-layout tree ``root/<class>/<image>`` (or a flat folder of images), with masks.
+class ClassFolderSource(ImageSource):
+    """A MedNIST-layout tree ``root/<class>/<image>`` (or a flat folder of images), with masks.
 
     A file ``<stem>_mask.<ext>`` beside an image is its mask (the BUSI layout). Classes are the
-    sub-folder names in sorted order, so label indices are stable.
-
-    Args:
-        root: the folder holding one sub-folder per class.
-        skip_unreadable: skip (and count, with a warning) files that are not images instead of
-            raising.
-        class_names: the classes a model was trained on, in label order. Every sub-folder must
-            be one of them (a missing one is fine, e.g. in a small test set), and labels index this
-            list, so they match the model's even when the folders differ.
-
-    Returns:
-        ``(items, class_names)``; items hold ``image``, ``label``, ``class_name``, ``source``
-        (the path relative to ``root``) and, where present, ``mask``.
+    sub-folder names in sorted order, so label indices are stable. With ``class_names`` (a trained
+    model's classes), every sub-folder must be one of them (a missing one is fine, e.g. in a small
+    test set), and labels index that list. Items hold ``image``, ``label``, ``class_name``,
+    ``source`` (the path relative to the root) and, where present, ``mask``.
     """
-    root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    flat = not classes  # a plain folder of images: no labels
-    if flat and class_names:
-        raise InputError(
-            f"{root}: no class sub-folders, so the images have no labels, but classes {list(class_names)} are "
-            "expected. Put each class's images in a sub-folder named after it."
-        )
-    if flat:
-        classes = [""]
-    if class_names:
-        unknown = [c for c in classes if c not in class_names]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], list(class_names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+
+    kind = "folder"
+    priority = 0  # any folder that no other source claims
+    resize_pictures = True
+
+    @classmethod
+    def claims(cls, path):
+        return path is not None and path.is_dir()
+
+    def _list(self):
+        root, class_names = self.dataset_dir, self.expected_class_names
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        flat = not classes  # a plain folder of images: no labels
+        if flat and class_names:
             raise InputError(
-                f"{root / unknown[0]}: unknown class {unknown[0]!r}{hint}; the model's classes are "
-                f"{list(class_names)}. Rename or remove the folder, or retrain with this class."
+                f"{root}: no class sub-folders, so the images have no labels, but classes {list(class_names)} are "
+                "expected. Put each class's images in a sub-folder named after it."
             )
-    items: list[dict] = []
-    skipped: list[str] = []
-    for i, name in enumerate(classes):
-        label = list(class_names).index(name) if class_names else i
-        files = sorted(f for f in (root / name).iterdir() if f.is_file() and not f.name.startswith("."))
         if flat:
-            files = [f for f in files if f.name not in ("dataset.json", "SHA256SUMS") and not f.name.endswith(".md")]
-        stems = {_stem(f): f for f in files if _suffix(f) in IMAGE_SUFFIXES}
-        for f in files:
-            if _suffix(f) not in IMAGE_SUFFIXES:
-                if skip_unreadable:
-                    skipped.append(str(f))
-                    continue
+            classes = [""]
+        if class_names:
+            unknown = [c for c in classes if c not in class_names]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], list(class_names), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise InputError(
-                    f"{f}: not an image file (supported: {', '.join(IMAGE_SUFFIXES)}). Remove it from the class "
-                    "folder, or pass skip_unreadable=True to skip such files with a warning."
+                    f"{root / unknown[0]}: unknown class {unknown[0]!r}{hint}; the model's classes are "
+                    f"{list(class_names)}. Rename or remove the folder, or retrain with this class."
                 )
-            stem = _stem(f)
-            if stem.endswith(MASK_SUFFIX) and stem[: -len(MASK_SUFFIX)] in stems:
-                continue  # a mask, attached to its image below
-            item = {"image": str(f), "source": f.name} if flat else {
-                "image": str(f), "label": label, "class_name": name, "source": f"{name}/{f.name}"}
-            mask = stems.get(stem + MASK_SUFFIX)
-            if mask is not None:
-                item["mask"] = str(mask)
-            items.append(item)
-    if skipped:
-        warnings.warn(f"{root}: skipped {len(skipped)} non-image file(s), e.g. {skipped[0]}", stacklevel=2)
-    if not items:
-        where = "the folder" if flat else f"the class folders {classes}"
-        raise InputError(
-            f"{root}: {where} hold(s) no images ({', '.join(IMAGE_SUFFIXES)}). Point dataset_dir at a folder of "
-            "images, or at a MedNIST-layout folder with one sub-folder of images per class."
-        )
-    return items, [] if flat else list(class_names or classes)
+        items: list[dict] = []
+        skipped: list[str] = []
+        for i, name in enumerate(classes):
+            label = list(class_names).index(name) if class_names else i
+            files = sorted(f for f in (root / name).iterdir() if f.is_file() and not f.name.startswith("."))
+            if flat:
+                files = [f for f in files if f.name not in ("dataset.json", "SHA256SUMS") and not f.name.endswith(".md")]
+            stems = {_stem(f): f for f in files if file_suffix(f) in IMAGE_SUFFIXES}
+            for f in files:
+                if file_suffix(f) not in IMAGE_SUFFIXES:
+                    if self.skip_unreadable:
+                        skipped.append(str(f))
+                        continue
+                    raise InputError(
+                        f"{f}: not an image file (supported: {', '.join(IMAGE_SUFFIXES)}). Remove it from the class "
+                        "folder, or pass skip_unreadable=True to skip such files with a warning."
+                    )
+                stem = _stem(f)
+                if stem.endswith(MASK_SUFFIX) and stem[: -len(MASK_SUFFIX)] in stems:
+                    continue  # a mask, attached to its image below
+                item = {"image": str(f), "source": f.name} if flat else {
+                    "image": str(f), "label": label, "class_name": name, "source": f"{name}/{f.name}"}
+                mask = stems.get(stem + MASK_SUFFIX)
+                if mask is not None:
+                    item["mask"] = str(mask)
+                items.append(item)
+        if skipped:
+            warnings.warn(f"{root}: skipped {len(skipped)} non-image file(s), e.g. {skipped[0]}", stacklevel=2)
+        if not items:
+            where = "the folder" if flat else f"the class folders {classes}"
+            raise InputError(
+                f"{root}: {where} hold(s) no images ({', '.join(IMAGE_SUFFIXES)}). Point dataset_dir at a folder of "
+                "images, or at a MedNIST-layout folder with one sub-folder of images per class."
+            )
+        return items, [] if flat else list(class_names or classes)
 
 
-def medmnist_items(npz_path: str | os.PathLike, split: str) -> tuple[list[dict], list[str]]:
-    """Items of one official split (``train``, ``val`` or ``test``) of a MedMNIST ``.npz``.
+class MedMNISTSource(ImageSource):
+    """A MedMNIST ``.npz`` with its official ``train``/``val``/``test`` splits.
 
-    Images become ``(1, H, W)`` uint8 MetaTensors; ``label`` is the first label column
-    (MedMNIST binary and multi-class tasks), ``labels`` the full row (multi-label tasks).
+    Images become ``(1, H, W)`` (or ``(3, H, W)``) uint8 MetaTensors; ``label`` is the first label
+    column (binary and multi-class tasks), ``labels`` the full row (multi-label tasks).
     """
-    path = Path(npz_path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # zip errors, truncation, pickled content
-        raise InputError(f"{path}: cannot be read as a MedMNIST .npz ({type(e).__name__}: {e}). Re-download it.") from e
-    wanted = {"train": "train", "val": "val", "test": "test"}
-    if split not in wanted:
-        raise InputError(f"{path}: MedMNIST has the official splits train/val/test, got split={split!r}.")
-    ik, lk = f"{split}_images", f"{split}_labels"
-    for k in (ik, lk):
-        if k not in arrays:
-            raise InputError(f"{path}: missing array '{k}' (has {sorted(arrays)}); is this a MedMNIST file?")
-    images, labels = arrays[ik], arrays[lk].reshape(len(arrays[lk]), -1)
-    if len(images) != len(labels):
-        raise InputError(f"{path}: {len(images)} images but {len(labels)} labels in split {split!r}.")
-    n_classes = int(labels.max()) + 1 if labels.size else 0
-    items = []
-    for i, (img, lab) in enumerate(zip(images, labels)):
-        t = torch.from_numpy(np.ascontiguousarray(img))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # RGB MedMNIST sets are (H, W, 3)
-        src = f"{path.stem}/{split}/{i:05d}"
-        items.append(
-            {
-                "image": MetaTensor(t, meta={"filename_or_obj": src}),
-                "label": int(lab[0]),
-                "labels": lab.astype(np.int64),
-                "source": src,
-            }
-        )
-    return items, [str(c) for c in range(n_classes)]
+
+    kind = "medmnist"
+    priority = 30
+    from_files = False
+    resize_pictures = True
+    is_picture = True
+    has_masks = False
+    PARTS = ("train", "val", "test")
+
+    @classmethod
+    def claims(cls, path):
+        return path is not None and path.is_file() and path.suffix == ".npz"
+
+    @property
+    def intensity_mode(self) -> str:
+        return "uint8" if self.intensity == "auto" else self.intensity
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.root = None
+        self._parts: dict[str, list[dict]] = {}
+
+    @cached_property
+    def _arrays(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.dataset_dir, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except Exception as e:  # zip errors, truncation, pickled content
+            raise InputError(
+                f"{self.dataset_dir}: cannot be read as a MedMNIST .npz ({type(e).__name__}: {e}). Re-download it."
+            ) from e
+        for k in (f"{s}_{a}" for s in self.PARTS for a in ("images", "labels")):
+            if k not in arrays:
+                raise InputError(f"{self.dataset_dir}: missing array '{k}' (has {sorted(arrays)}); is this a MedMNIST file?")
+        return arrays
+
+    def _part(self, split: str) -> list[dict]:
+        if split not in self._parts:
+            images, labels = self._arrays[f"{split}_images"], self._arrays[f"{split}_labels"]
+            labels = labels.reshape(len(labels), -1)
+            if len(images) != len(labels):
+                raise InputError(f"{self.dataset_dir}: {len(images)} images but {len(labels)} labels in split {split!r}.")
+            items = []
+            for i, (img, lab) in enumerate(zip(images, labels)):
+                t = torch.from_numpy(np.ascontiguousarray(img))
+                t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # RGB MedMNIST sets are (H, W, 3)
+                src = f"{self.dataset_dir.stem}/{split}/{i:05d}"
+                items.append({"image": MetaTensor(t, meta={"filename_or_obj": src}), "label": int(lab[0]),
+                              "labels": lab.astype(np.int64), "source": src})
+            self._parts[split] = items
+        return self._parts[split]
+
+    def _split(self, split):
+        parts = {"trainval": ("train", "val"), "all": self.PARTS}.get(split, (split,))
+        return [it for p in parts for it in self._part(p)]
+
+    def _list(self):
+        return self._split("all"), self.class_names
+
+    @property
+    def class_names(self) -> list[str]:  # from the label arrays alone, without building every item
+        labels = np.concatenate([self._arrays[f"{s}_labels"].reshape(-1) for s in self.PARTS])
+        return [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
 
 
-def datalist_items(path: str | os.PathLike, section: str = "training") -> list[dict]:
-    """Items of an MSD-style datalist (``dataset.json`` or any JSON with the same structure).
+def _check_file(listing: Path, where: str, what: str, path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{listing}: {where}: {what} {path} does not exist; fix the path in the datalist.")
+
+
+class MSDDatalistSource(ImageSource):
+    """An MSD-style datalist (``dataset.json``, or any JSON with its structure), section ``training``.
 
     Relative paths resolve against the JSON's folder. Each entry needs ``image``; ``label`` (a
-    mask path, MSD's name) is kept as ``mask`` so that it is not confused with a class label.
+    mask path, MSD's name) is kept as ``mask`` so that it is not confused with a class label; an
+    integer ``label`` is a class label.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / "dataset.json"
-    try:
-        content = json.loads(p.read_text())
-    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise InputError(f"{p}: cannot be read as a datalist JSON ({e}).") from None
-    if not isinstance(content, dict) or section not in content:
-        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise InputError(f"{p}: no '{section}' list (found keys {keys}). An MSD datalist has "
-                         f'{{"{section}": [{{"image": ..., "label": ...}}, ...]}}.')
-    entries = content[section]
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"{p}: '{section}' must be a non-empty list of {{'image': path}} entries.")
-    base = p.parent
-    items = []
-    for i, e in enumerate(entries):
-        if isinstance(e, str):
-            e = {"image": e}
-        if not isinstance(e, dict) or "image" not in e:
-            raise InputError(f"{p}: entry {i} of '{section}' has no 'image' key (got {e!r}); each entry needs 'image'.")
-        types = {"image": str, "label": (str, int, float)}
-        bad = [k for k, t in types.items() if k in e and not isinstance(e[k], t)]
-        if bad:
-            raise InputError(
-                f"{p}: entry {i} of '{section}': '{bad[0]}' must be a file path"
-                f"{' or an integer class' if bad[0] == 'label' else ''}, got {e[bad[0]]!r}."
-            )
-        item: dict = {k: v for k, v in e.items() if k not in ("image", "label")}
-        image = base / e["image"]
-        if not image.exists():
-            raise InputError(f"{p}: entry {i}: image {image} does not exist; fix the path in the datalist.")
-        item["image"] = str(image)
-        item["source"] = Path(e["image"]).as_posix()  # Path() already drops a leading "./"
-        if "label" in e:
-            if isinstance(e["label"], (int, float)):
-                item["label"] = int(e["label"])
-            else:
-                mask = base / e["label"]
-                if not mask.exists():
-                    raise InputError(f"{p}: entry {i}: label {mask} does not exist; fix the path in the datalist.")
-                item["mask"] = str(mask)
-        items.append(item)
-    return items
+
+    kind = "datalist"
+    priority = 20
+    section = "training"
+
+    @classmethod
+    def claims(cls, path):
+        return path is not None and ((path.is_file() and path.suffix == ".json") or (path / "dataset.json").is_file())
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.listing = self.dataset_dir / "dataset.json" if self.dataset_dir.is_dir() else self.dataset_dir
+        self.root = self.listing.parent
+
+    def _list(self):
+        p, section = self.listing, self.section
+        try:
+            content = json.loads(p.read_text())
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+            raise InputError(f"{p}: cannot be read as a datalist JSON ({e}).") from None
+        if not isinstance(content, dict) or section not in content:
+            keys = sorted(content) if isinstance(content, dict) else type(content).__name__
+            raise InputError(f"{p}: no '{section}' list (found keys {keys}). An MSD datalist has "
+                             f'{{"{section}": [{{"image": ..., "label": ...}}, ...]}}.')
+        entries = content[section]
+        if not isinstance(entries, list) or not entries:
+            raise InputError(f"{p}: '{section}' must be a non-empty list of {{'image': path}} entries.")
+        items = []
+        for i, e in enumerate(entries):
+            if isinstance(e, str):
+                e = {"image": e}
+            if not isinstance(e, dict) or "image" not in e:
+                raise InputError(f"{p}: entry {i} of '{section}' has no 'image' key (got {e!r}); each entry needs 'image'.")
+            types = {"image": str, "label": (str, int, float)}
+            bad = [k for k, t in types.items() if k in e and not isinstance(e[k], t)]
+            if bad:
+                raise InputError(
+                    f"{p}: entry {i} of '{section}': '{bad[0]}' must be a file path"
+                    f"{' or an integer class' if bad[0] == 'label' else ''}, got {e[bad[0]]!r}."
+                )
+            item: dict = {k: v for k, v in e.items() if k not in ("image", "label")}
+            image = self.root / e["image"]
+            _check_file(p, f"entry {i}", "image", image)
+            item["image"] = str(image)
+            item["source"] = Path(e["image"]).as_posix()  # Path() already drops a leading "./"
+            if "label" in e:
+                if isinstance(e["label"], (int, float)):
+                    item["label"] = int(e["label"])
+                else:
+                    mask = self.root / e["label"]
+                    _check_file(p, f"entry {i}", "label", mask)
+                    item["mask"] = str(mask)
+            items.append(item)
+        return items, []
 
 
-def first_image(dataset_dir: str | os.PathLike) -> str:
-    """Path of one image of a folder or datalist source, found without listing the whole tree.
+class ImageFileSource(ImageSource):
+    """A single image file: a dataset of one item, which every split holds (so that any config runs on it)."""
 
-    It tells pictures from volumes; a folder without any image gets :func:`class_folder_items`'s
-    error.
-    """
-    if source_kind(dataset_dir) == "datalist":
-        return datalist_items(dataset_dir)[0]["image"]
-    root = Path(dataset_dir)
-    for folder in sorted([root] + [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]):
-        for f in folder.iterdir():
-            if f.is_file() and not f.name.startswith(".") and _suffix(f) in IMAGE_SUFFIXES:
-                return str(f)
-    return class_folder_items(root)[0][0]["image"]  # raises the explanatory InputError
+    kind = "file"
+    priority = 40
+    resize_pictures = True
 
+    @classmethod
+    def claims(cls, path):
+        return path is not None and path.is_file() and file_suffix(path) in IMAGE_SUFFIXES
 
-def reconstruction_suffix(dataset_dir: str | os.PathLike | None) -> str:
-    """File type for reconstructions of ``dataset_dir``'s images: PNG for pictures, NIfTI otherwise."""
-    kind = source_kind(dataset_dir)
-    if kind == "medmnist":
-        return ".png"
-    if kind in ("folder", "datalist"):
-        return ".png" if _suffix(Path(first_image(dataset_dir))) in PICTURE_SUFFIXES else ".nii.gz"
-    return ".nii.gz"
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.root = self.dataset_dir.parent
+
+    def _list(self):
+        return [{"image": str(self.dataset_dir), "source": self.dataset_dir.name}], []
+
+    def _split(self, split):
+        return self.all_items

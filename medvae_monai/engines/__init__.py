@@ -1,4 +1,4 @@
-from .heads import HeadTrainer, class_weights, label_counts, require_targets
+from .heads import HeadTrainer
 from .iteration import LOSS_TERMS, loss_terms
 from .prepare import ImageTarget
 from .vae import VAETrainer
@@ -8,8 +8,5 @@ __all__ = [
     "HeadTrainer",
     "ImageTarget",
     "VAETrainer",
-    "class_weights",
-    "label_counts",
     "loss_terms",
-    "require_targets",
 ]

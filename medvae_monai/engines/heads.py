@@ -11,8 +11,6 @@ Two modes share one trainer, :class:`HeadTrainer`:
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
 
 import torch
 from monai.engines import SupervisedTrainer
@@ -22,94 +20,11 @@ from torch import nn
 
 from ..errors import InputError
 from ..losses import ELBOLoss
-from ..networks.heads import CLASSIFICATION_TASKS, LatentImageClassifier, LatentImageSegmenter
+from ..networks.heads import LatentImageClassifier, LatentImageSegmenter
 from .iteration import autocast, backward_step, complete_iteration
 from .prepare import ImageTarget
 
-__all__ = [
-    "HeadTrainer",
-    "class_weights",
-    "label_counts",
-    "require_targets",
-]
-
-
-_TARGET_HELP = {
-    "mask": "A segmentation head needs masks: '<name>_mask.png' beside each '<name>.png' (BUSI layout), or a "
-    "datalist whose entries have a 'label' mask path (MSD layout).",
-    "label": "A classifier needs labels: put the images in one sub-folder per class (MedNIST layout), or use a "
-    "MedMNIST .npz or a datalist with an integer 'label' per entry.",
-}
-
-
-def require_targets(items: Sequence[dict], key: str = "label") -> Sequence[dict]:
-    """Return ``items`` if every one has a ``key`` target (``label``, ``labels`` or ``mask``).
-
-    Raises:
-        InputError: naming how many items lack it, the first one, and how to provide it.
-    """
-    missing = [str(it.get("source", it.get("image"))) for it in items if key not in it]
-    if missing:
-        raise InputError(
-            f"{len(missing)} of {len(items)} images have no '{key}', e.g. {missing[0]}. "
-            + _TARGET_HELP.get(key, _TARGET_HELP["label"])
-        )
-    return items
-
-
-def label_counts(
-    items: Sequence[dict],
-    num_classes: int,
-    task: str = "multiclass",
-    class_names: Sequence[str] | None = None,
-    label_key: str | None = None,
-) -> list[int]:
-    """Images per class (per label for ``multilabel``), after checking labels against the config.
-
-    Args:
-        items: training items from :func:`~medvae_monai.data.list_items`.
-        num_classes: classes the head is configured for.
-        task: one of ``binary``, ``multiclass``, ``multilabel``.
-        class_names: the dataset's class names, if it has them (class folders).
-        label_key: item key of the label; ``labels`` for ``multilabel``, else ``label``.
-
-    Raises:
-        InputError: an item has no label, a label is out of range, or the dataset's class count
-            differs from ``num_classes``.
-    """
-    if task not in CLASSIFICATION_TASKS:
-        raise InputError(f"task must be one of {CLASSIFICATION_TASKS}, got {task!r}.")
-    key = label_key or ("labels" if task == "multilabel" else "label")
-    require_targets(items, key)
-    if class_names and len(class_names) != num_classes:
-        raise InputError(
-            f"the dataset has {len(class_names)} classes {list(class_names)} but the config says "
-            f"num_classes={num_classes}; pass --num_classes {len(class_names)}."
-        )
-    if task == "multilabel":
-        rows = torch.as_tensor([list(map(int, it[key])) for it in items])
-        if rows.shape[1] != num_classes:
-            raise InputError(f"the labels have {rows.shape[1]} columns but the config says num_classes={num_classes}.")
-        return rows.sum(0).tolist()
-    counts = Counter(int(it[key]) for it in items)
-    bad = sorted(c for c in counts if not 0 <= c < num_classes)
-    if bad:
-        raise InputError(
-            f"labels {bad} are outside 0..{num_classes - 1}: the dataset has more classes than the config's "
-            f"num_classes={num_classes}; pass --num_classes {max(counts) + 1}."
-        )
-    return [counts.get(c, 0) for c in range(num_classes)]
-
-
-def class_weights(items: Sequence[dict], num_classes: int, task: str = "multiclass", **kwargs) -> torch.Tensor:
-    """Inverse-frequency class weights ``n / (K * n_k)`` for imbalanced data (see :func:`label_counts`).
-
-    For ``multilabel`` it returns the BCE ``pos_weight`` ``n_neg / n_pos`` per label.
-    """
-    counts = torch.as_tensor(label_counts(items, num_classes, task, **kwargs), dtype=torch.float32)
-    if task == "multilabel":
-        return (len(items) - counts) / counts.clamp_min(1)
-    return counts.sum() / (num_classes * counts.clamp_min(1))
+__all__ = ["HeadTrainer"]
 
 
 class HeadTrainer(SupervisedTrainer):

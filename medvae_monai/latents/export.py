@@ -69,7 +69,7 @@ def write_decoded(store, index: int, image: MetaTensor, output_dir: str | os.Pat
     if rec["output_ext"] == ".png":  # the source's bit depth: 8 or 16
         top = 65535 if rec["intensity"]["a_max"] > 255 else 255
         pic = np.clip(np.rint(arr), 0, top).astype(np.uint16 if top > 255 else np.uint8)
-        if store.meta["source_kind"] == "folder":  # MONAI's PIL reader puts x (width) first
+        if store.meta["source_kind"] != "medmnist":  # picture files: MONAI's PIL reader puts x (width) first
             pic = np.swapaxes(pic, 1, 2)
         pic = pic[0] if pic.shape[0] == 1 else np.moveaxis(pic, 0, -1)
         buf = io.BytesIO()

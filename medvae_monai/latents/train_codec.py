@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import list_items
+from ..data import ImageSource
 from .codec import EntropyCodec, load_codec, save_codec
 
 logger = logging.getLogger("medvae_monai")
@@ -33,7 +33,7 @@ LAMBDAS = (0.0012, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)
 
 def load_pictures(dataset_dir: str, split: str = "train") -> torch.Tensor:
     """Grayscale pictures of ``split`` as a uint8 tensor ``(N, 1, H, W)`` (all of one size)."""
-    items, _ = list_items(dataset_dir, split)
+    items = ImageSource(dataset_dir).items(split)
     return torch.from_numpy(np.stack([np.asarray(Image.open(it["image"]).convert("L")) for it in items]))[:, None]
 
 

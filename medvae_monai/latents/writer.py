@@ -19,12 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, ScaleIntensityRanged, ScaleIntensityRangePercentilesd
-from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import convert_to_tensor
 
-from ..data import DatasetInfo, list_items, preprocessing, split_items
-from ..data.sources import PICTURE_SUFFIXES
+from ..data import ImageSource, RecordIntensityd
 from ..errors import InputError
 from ..networks import MedVAE
 from ..outputs import contained_path
@@ -44,81 +41,10 @@ __all__ = ["RecordIntensityd", "encode_dataset"]
 logger = logging.getLogger("medvae_monai")
 
 
-class RecordIntensityd(MapTransform):
-    """Record, under ``intensity``, the linear map the next intensity transform applies to ``image``.
-
-    Inserted just before MONAI's ``ScaleIntensityRanged`` (and :class:`~medvae_monai.transforms.CTWindowd`)
-    or ``ScaleIntensityRangePercentilesd``, it stores ``{a_min, a_max, b_min, b_max, clip}``, with the
-    percentiles evaluated on this image, so a decoder can map ``[b_min, b_max]`` back to the
-    original units. With no such transform the map is the identity.
-
-    Args:
-        scaler: the intensity transform that follows, or ``None``.
-        key: image key.
-    """
-
-    def __init__(self, scaler: MapTransform | None, key: str = "image") -> None:
-        super().__init__(key)
-        self.scaler = None if scaler is None else scaler.scaler
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        s = self.scaler
-        if s is None:  # ScaleToUnitd (the package's preprocessing) records its own map on the image
-            recorded = intensity_map(d[self.first_key(d)])
-            d["intensity"] = recorded or {"a_min": 0.0, "a_max": 1.0, "b_min": 0.0, "b_max": 1.0, "clip": False}
-            return d
-        if hasattr(s, "lower"):  # percentiles, computed exactly as ScaleIntensityRangePercentiles does
-            img = d[self.first_key(d)]
-            a_min, a_max = float(percentile(img, s.lower)), float(percentile(img, s.upper))
-        else:
-            a_min, a_max = float(s.a_min), float(s.a_max)
-        d["intensity"] = {
-            "a_min": a_min,
-            "a_max": a_max,
-            "b_min": float(s.b_min),
-            "b_max": float(s.b_max),
-            "clip": bool(s.clip),
-        }
-        return d
-
-
-def _recording_chain(chain: Compose) -> list:
-    """The transforms of ``chain`` with a :class:`RecordIntensityd` before its intensity scaling."""
-    xs = list(chain.transforms)
-    for i, t in enumerate(xs):
-        if isinstance(t, (ScaleIntensityRanged, ScaleIntensityRangePercentilesd)):
-            return xs[:i] + [RecordIntensityd(t)] + xs[i:]
-    return xs + [RecordIntensityd(None)]
-
-
-def _output_ext(source: str, kind: str) -> str:
-    """``.png`` for picture and MedMNIST sources, ``.nii.gz`` for volumes and phantoms."""
-    if kind == "medmnist" or source.lower().endswith(PICTURE_SUFFIXES):
-        return ".png"
-    return ".nii.gz"
-
-
 def _relative(path: str | None, root: Path | None) -> str | None:
     if path is None:
         return None
     return Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path)
-
-
-def _plan(
-    dataset_dir: str | os.PathLike | None, split: str, spatial_dims: int, max_items: int | None
-) -> tuple[list[dict], DatasetInfo, dict[str, str]]:
-    """The items to encode, the source's description and, per source, its train/val/test split."""
-    items, info = list_items(dataset_dir, split, spatial_dims, max_items=max_items)
-    splits: dict[str, str] = {}
-    if info["kind"] == "medmnist":  # official splits, one array set each
-        for s in ("train", "val", "test"):
-            splits.update({it["source"]: s for it in list_items(dataset_dir, s)[0]})
-    else:
-        everything = items if split == "all" and max_items is None else list_items(dataset_dir, "all", spatial_dims)[0]
-        for s in ("train", "val", "test"):
-            splits.update({it["source"]: s for it in split_items(everything, s)})
-    return items, info, splits
 
 
 def _batches(items: Sequence[dict], transforms: list, batch_size: int) -> Iterator[list[tuple[dict, dict]]]:
@@ -143,26 +69,26 @@ def _rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _record(item: dict, d: dict, kind: str, root: Path | None, splits: dict) -> dict:
+def _record(item: dict, d: dict, source: ImageSource) -> dict:
     img = d["image"]
     affine = img.affine if isinstance(img, MetaTensor) else torch.eye(4, dtype=torch.float64)
     affine = torch.as_tensor(affine, dtype=torch.float64)
     sd = img.ndim - 1
     rec = {
         "source": item["source"],
-        "split": splits.get(item["source"]),
+        "split": source.split_of(item),
         "shape": [int(s) for s in img.shape[1:]],
         "channels": int(img.shape[0]),
         "affine": affine.tolist(),
         "spacing": [float(v) for v in torch.linalg.norm(affine[:sd, :sd], dim=0)],
         "intensity": d["intensity"],
-        "output_ext": _output_ext(item["source"], kind),
+        "output_ext": source.output_suffix,
     }
     for key in ("label", "class_name"):
         if key in item:
             rec[key] = int(item[key]) if key == "label" else str(item[key])
     if isinstance(item.get("mask"), (str, os.PathLike)):
-        rec["mask"] = _relative(str(item["mask"]), root)
+        rec["mask"] = _relative(str(item["mask"]), source.root)
     return rec
 
 
@@ -225,7 +151,7 @@ def encode_dataset(
         network: the VAE (any :class:`~medvae_monai.networks.MedVAE` subclass); its posterior mean
             is stored (``codec="none"``). Not used, and may be ``None``, with ``codec="entropy"``.
         dataset_dir: class-folder tree, MedMNIST ``.npz``, MSD datalist, or ``None`` (phantoms), as
-            for :func:`~medvae_monai.data.list_items`.
+            for :class:`~medvae_monai.data.ImageSource`.
         output_dir: the store folder. If it holds a store of the same model and settings, finished
             shards are kept and the rest encoded; a different store there is refused.
         split: which items to encode; each record also keeps the train/val/test split of its item.
@@ -278,11 +204,9 @@ def encode_dataset(
         device = next(network.parameters()).device if network is not None else "cpu"
     device = torch.device(device)
     out = ensure_writable_dir(output_dir)
-    items, info, splits = _plan(dataset_dir, split, spatial_dims, max_items)
-    kind = info["kind"]
-    root = None if kind in ("phantom", "medmnist") else Path(dataset_dir)
-    if root is not None and root.is_file():  # a datalist .json: paths are relative to its folder
-        root = root.parent
+    source = ImageSource(dataset_dir, spatial_dims, in_channels, None, intensity, ct_window, max_items)
+    items = source.items(split)
+    kind, root = source.kind, source.root
     sources = [it["source"] for it in items]
     sources_abs = frozenset(Path(it["image"]).resolve() for it in items if isinstance(it.get("image"), (str, os.PathLike)))
     meta = {
@@ -293,7 +217,7 @@ def encode_dataset(
         "dataset_dir": None if dataset_dir in (None, "") else str(Path(dataset_dir).resolve()),
         "source_root": None if root is None else str(root.resolve()),
         "source_kind": kind,
-        "class_names": list(info.get("class_names") or []),
+        "class_names": source.class_names,
         "split": split,
         "spatial_dims": spatial_dims,
         "intensity": intensity,
@@ -324,11 +248,7 @@ def encode_dataset(
         atomic_write_json(store_file, meta)
     contained_path(out, SHARD_DIR, input_root=root).mkdir(exist_ok=True)
 
-    transforms = _recording_chain(
-        preprocessing(
-            kind, items, spatial_dims, in_channels, None, intensity, ct_window, min_size=f if coder_net is None else 1
-        )
-    )
+    transforms = list(source.preprocessing(min_size=f if coder_net is None else 1, record_intensity=True).transforms)
     rank, world = _rank_and_world()
     own_group = world > 1 and dist.is_available() and not dist.is_initialized()
     if own_group:  # plain torchrun: a CPU group, only for the final barrier
@@ -355,7 +275,7 @@ def encode_dataset(
                 with torch.no_grad():
                     latents = network.encode(images.to(device))[0].float().cpu().numpy()
             for (item, d), z in zip(batch, latents):
-                records.append(_record(item, d, kind, root, splits))
+                records.append(_record(item, d, source))
                 shard.add(z, records[-1])
         shard.write(data_file)
         body = pack_manifest(data_file.name, sha256_file(data_file), records)

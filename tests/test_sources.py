@@ -1,0 +1,153 @@
+"""ImageSource: one description of dataset_dir. The CSV datalist (LIDC-IDRI nodules and small CSVs),
+a single image file, patient-grouped splits, the picture-or-volume rule and the intensity record."""
+
+from __future__ import annotations
+
+import collections
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvae_monai.data import (
+    CheckedCacheDataset,
+    CSVDatalistSource,
+    ImageFileSource,
+    ImageSource,
+    make_dataset,
+    split_items,
+)
+from medvae_monai.errors import InputError
+
+from .conftest import data_path
+
+
+def _nifti(path, shape=(12, 10, 8), value=None, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vol = np.random.default_rng(seed).normal(size=shape).astype(np.float32) if value is None else np.full(shape, value)
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([0.7, 0.7, 2.5, 1.0])), path)
+
+
+def _png(path, value=100, shape=(16, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def _csv(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
+    return path
+
+
+def test_lidc_csv_datalist_splits_by_patient():
+    csv = data_path("LIDC-IDRI-NoduleVOIs", "labels.csv")
+    source = ImageSource(csv, spatial_dims=3)
+    assert isinstance(source, CSVDatalistSource) and source.kind == "csv"
+    assert len(source.all_items) == 806 and len({it["patient_id"] for it in source.all_items}) == 441
+    assert source.class_names == ["0", "1"] and source.has_masks and not source.is_picture
+    assert source.output_suffix == ".nii.gz" and source.root == csv.parent
+    first = source.items("all")[0]
+    assert first["source"] == "image/LIDC-IDRI-0003_R_2.nii.gz" and first["label"] == 1  # the diagnosis column
+    assert first["diameter_mm"] == pytest.approx(21.454) and first["malignancy"] == 5  # extra columns kept
+    assert first["mask"] == str(csv.parent / "nodule_mask" / "LIDC-IDRI-0003_R_2.nii.gz")
+    parts = {s: source.items(s) for s in ("train", "val", "test")}
+    patients = {s: {it["patient_id"] for it in part} for s, part in parts.items()}
+    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+                or patients["val"] & patients["test"])  # no patient on both sides
+    assert sum(len(p) for p in parts.values()) == 806 and sum(len(p) for p in patients.values()) == 441
+    for s, frac in (("val", 1 / 12), ("test", 1 / 6)):  # fractions of patients, stratified by malignancy
+        assert len(patients[s]) == pytest.approx(441 * frac, abs=2)
+        share = collections.Counter(it["label"] for it in parts[s])[1] / len(parts[s])
+        assert share == pytest.approx(277 / 806, abs=0.06)
+    # the same folder as dataset_dir reads its labels.csv; the split is deterministic
+    again = ImageSource(csv.parent, spatial_dims=3)
+    assert again.kind == "csv" and again.items("test") == parts["test"]
+    assert {source.split_of(it) for it in parts["val"]} == {"val"}
+    # the nodule volumes load through the source's chain, masks aligned
+    ds = CheckedCacheDataset(parts["test"][:2], source.preprocessing(with_mask=True))
+    ref = nib.load(parts["test"][0]["image"])
+    assert tuple(ds[0]["image"].shape[1:]) == ref.shape == tuple(ds[0]["mask"].shape[1:])
+    torch.testing.assert_close(ds[0]["image"].affine, torch.as_tensor(ref.affine), check_dtype=False)
+
+
+def test_small_csv_with_relative_paths_class_names_and_masks(tmp_path):
+    for i in range(6):
+        _png(tmp_path / "img" / f"{i}.png", 40 * i)
+        _png(tmp_path / "seg" / f"{i}.png", 255 if i % 2 else 0)
+    rows = [(f"img/{i}.png", f"seg/{i}.png", ["benign", "malignant"][i % 2], f"P{i // 2}", i * 1.5) for i in range(6)]
+    csv = _csv(tmp_path / "list.csv", ["image", "mask", "label", "patient_id", "size_mm"], rows)
+    source = ImageSource(csv)
+    assert source.kind == "csv" and source.class_names == ["benign", "malignant"] and source.is_picture
+    assert source.output_suffix == ".png" and source.has_masks
+    items = source.items("all")
+    assert [it["label"] for it in items] == [0, 1, 0, 1, 0, 1] and items[1]["class_name"] == "malignant"
+    assert items[3]["size_mm"] == 4.5 and items[0]["patient_id"] == "P0"
+    ds = make_dataset(csv, "all", with_mask=True)
+    assert ds.source.kind == "csv" and ds[1]["image"].shape == ds[1]["mask"].shape == (1, 16, 16)
+    assert float(ds[1]["mask"].max()) == 1.0 and float(ds[0]["mask"].max()) == 0.0
+    # a model's class list fixes the indices; a name outside it is refused
+    relabelled = ImageSource(csv, class_names=["normal", "benign", "malignant"]).items("all")
+    assert [it["label"] for it in relabelled][:2] == [1, 2]
+    with pytest.raises(InputError, match="'malignant' is not one of the classes"):
+        ImageSource(csv, class_names=["benign", "normal"]).items("all")
+
+
+def test_csv_without_patients_or_labels_and_its_errors(tmp_path):
+    for i in range(12):
+        _nifti(tmp_path / f"v{i}.nii.gz", seed=i)
+    rows = [(f"v{i}.nii.gz", i % 2, 60 + i) for i in range(12)]
+    _csv(tmp_path / "labels.csv", ["image", "diagnosis", "age"], rows)
+    source = ImageSource(tmp_path, spatial_dims=3)
+    assert source.kind == "csv" and source.class_names == ["0", "1"] and not source.has_masks
+    # without patient ids, the file-name rule of split_items applies, per class
+    assert source.items("test") == split_items(source.all_items, "test")
+    with pytest.raises(InputError, match="masks were requested"):
+        source.preprocessing(with_mask=True)
+    unlabelled = ImageSource(_csv(tmp_path / "u.csv", ["image"], [(f"v{i}.nii.gz",) for i in range(3)]), spatial_dims=3)
+    assert unlabelled.class_names == [] and "label" not in unlabelled.items("all")[0]
+    bad = {
+        "no 'image' column \\(is 'images' it": (["images", "label"], [("v0.nii.gz", 0)]),
+        "row 3: image .*missing.nii.gz does not exist": (["image"], [("v0.nii.gz",), ("missing.nii.gz",)]),
+        "rows 2 and 3 both list v0.nii.gz": (["image"], [("v0.nii.gz",), ("v0.nii.gz",)]),
+        "row 2 has no patient_id": (["image", "patient_id"], [("v0.nii.gz", "")]),
+        "values \\[-1\\] are outside": (["image", "label"], [("v0.nii.gz", -1)]),
+    }
+    for match, (header, rows) in bad.items():
+        with pytest.raises(InputError, match=match):
+            ImageSource(_csv(tmp_path / "bad.csv", header, rows)).items("all")
+
+
+def test_single_image_file_is_a_dataset(tmp_path):
+    _png(tmp_path / "scan.png", 200)
+    source = ImageSource(tmp_path / "scan.png")
+    assert isinstance(source, ImageFileSource) and source.kind == "file" and source.is_picture
+    assert source.root == tmp_path and source.output_suffix == ".png"
+    for split in ("train", "val", "test", "all"):  # any config runs on it
+        assert [it["source"] for it in source.items(split)] == ["scan.png"]
+    x = make_dataset(tmp_path / "scan.png", "test")[0]["image"]
+    assert x.shape == (1, 16, 16) and float(x.max()) == pytest.approx(200 / 255)
+    _nifti(tmp_path / "ct.nii.gz")
+    volume = ImageSource(tmp_path / "ct.nii.gz", spatial_dims=3)
+    assert volume.kind == "file" and not volume.is_picture and volume.output_suffix == ".nii.gz"
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="notes.txt.*no supported kind"):
+        ImageSource(tmp_path / "notes.txt")
+
+
+def test_picture_or_volume_and_intensity_record(tmp_path):
+    phantoms = ImageSource(None, max_items=4)
+    assert phantoms.kind == "phantom" and not phantoms.is_picture and phantoms.intensity_mode == "ct"
+    assert phantoms.output_suffix == ".nii.gz" and phantoms.root is None
+    medmnist = ImageSource(data_path("MedMNIST", "breastmnist.npz"))
+    assert medmnist.is_picture and medmnist.output_suffix == ".png" and medmnist.intensity_mode == "uint8"
+    # the recorded map inverts the scaling: CT window (fixed) and percentiles (per image)
+    for source, mode in ((phantoms, "ct"), (ImageSource(None, 3, max_items=2, intensity="percentile"), "percentile")):
+        item = source.items("val")[0]
+        raw = item["image"].clone()
+        d = source.preprocessing(record_intensity=True)(item)
+        p = d["intensity"]
+        assert source.intensity_mode == mode and p["b_min"] == 0.0 and p["b_max"] == 1.0
+        back = d["image"] * (p["a_max"] - p["a_min"]) + p["a_min"]
+        inside = (raw >= p["a_min"]) & (raw <= p["a_max"])
+        torch.testing.assert_close(back[inside], raw[inside].float(), atol=1e-2, rtol=1e-4)
