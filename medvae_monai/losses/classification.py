@@ -16,7 +16,7 @@ class ClassificationLoss(nn.Module):
     Args:
         task: ``binary``, ``multiclass`` or ``multilabel``.
         weight: per-class weights (``pos_weight`` for multi-label), e.g. from
-            :func:`~medvae_monai.engines.class_weights`.
+            :func:`~medvae_monai.data.class_weights`.
 
     Shapes:
         ``logits``: ``(B, K)``; ``target``: ``(B,)`` or ``(B, 1)`` class indices, ``(B, K)`` for multi-label.
