@@ -21,7 +21,7 @@ from medvae_monai.data import (
 )
 from medvae_monai.errors import InputError
 
-from .conftest import data_path
+from .conftest import data_path, run_bundle
 
 
 def _nifti(path, shape=(12, 10, 8), value=None, seed=0):
@@ -151,3 +151,21 @@ def test_picture_or_volume_and_intensity_record(tmp_path):
         back = d["image"] * (p["a_max"] - p["a_min"]) + p["a_min"]
         inside = (raw >= p["a_min"]) & (raw <= p["a_max"])
         torch.testing.assert_close(back[inside], raw[inside].float(), atol=1e-2, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_bundle_inference_on_a_csv_datalist_and_on_one_file(tmp_path):
+    data = tmp_path / "data"
+    for i in range(2):
+        _png(data / "img" / f"{i}.png", 60 + 80 * i, (64, 64))
+    rows = [("img/0.png", "a", "p0"), ("img/1.png", "b", "p1")]
+    csv = _csv(data / "list.csv", ["image", "label", "patient_id"], rows)
+    for dataset_dir, out in ((csv, tmp_path / "csv"), (data / "img" / "1.png", tmp_path / "one")):
+        run_bundle("inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(dataset_dir),
+                   "--output_dir", str(out))
+    written = sorted(p.relative_to(tmp_path / "csv").as_posix() for p in (tmp_path / "csv").rglob("*.*"))
+    assert written == ["latents/img/0_latent.nii.gz", "latents/img/1_latent.nii.gz",
+                       "reconstructions/img/0_recon.png", "reconstructions/img/1_recon.png"]
+    assert sorted(p.name for p in (tmp_path / "one").rglob("*.*")) == ["1_latent.nii.gz", "1_recon.png"]
+    recon = np.asarray(Image.open(tmp_path / "one" / "reconstructions" / "1_recon.png"))
+    assert recon.shape == (64, 64) and abs(float(recon.mean()) - 140) < 40  # a reconstruction of the input
