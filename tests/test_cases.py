@@ -22,7 +22,7 @@ from hypothesis.extra.numpy import arrays
 from hypothesis import strategies as st
 
 from medvae_monai.config import load_bundle_network, parse_setting, require_output
-from medvae_monai.data import preprocessing_for
+from medvae_monai.data import ImageSource
 from medvae_monai.errors import InputError, find_input_error
 from medvae_monai.latents import encode_dataset
 from medvae_monai.networks import MedVAE
@@ -186,7 +186,7 @@ def test_require_output_refuses_a_missing_model(tmp_path: Path) -> None:
 
 
 def _load(path: Path, intensity: str = "auto", spatial_dims: int = 2) -> torch.Tensor:
-    pre = preprocessing_for(str(path.parent), spatial_dims, 1, None, intensity, "full", min_size=4)
+    pre = ImageSource(path, spatial_dims, 1, None, intensity, "full").preprocessing(min_size=4)
     return pre({"image": str(path)})["image"]
 
 
