@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "MedNIST"))
     args = ap.parse_args()
-    os.chdir(REPO)  # the configs' macros resolve against the working directory
+    os.chdir(REPO)  # relative output and config paths below
     sys.path.insert(0, str(REPO))
     torch.set_num_threads(1)
     import onnxruntime

@@ -222,8 +222,8 @@ def train_vae(train_items: list[dict], dims: int, seconds: float) -> tuple[MedVA
 
 
 def pretrained_vae(path: str) -> tuple[MedVAE, dict]:
-    """The committed checkpoint, built from the bundle's own ``network_def`` (common.yaml)."""
-    vae, ckpt = load_bundle_network(REPO / "bundle/configs/common.yaml", ckpt_id="pretrained_ckpt")
+    """The committed checkpoint, built from the bundle's own ``network_def`` (inference.yaml)."""
+    vae, ckpt = load_bundle_network(REPO / "bundle/configs/inference.yaml")
     if ckpt is None or ckpt.resolve() != (REPO / path).resolve():  # the config's path is relative to the CWD
         raise SystemExit(f"{path} was not loaded: run the benchmark from the repository root")
     return vae, {"source": f"{path}: trained without labels on the MedNIST train split",

@@ -177,7 +177,7 @@ def load_bundle_network(
 ) -> tuple[torch.nn.Module, Path | None]:
     """The network ``net_id`` of a bundle config, in eval mode, with the checkpoint ``ckpt_id`` names.
 
-    Run it from the repository root, where the configs' ``%bundle/configs/...`` macros resolve.
+    ``bundle_root`` is the bundle that holds ``config_file``, so it works from any working directory.
 
     Returns:
         ``(network, checkpoint)``; ``checkpoint`` is ``None``, and the network keeps its initial
@@ -185,6 +185,9 @@ def load_bundle_network(
     """
     parser = ConfigParser()
     parser.read_config(str(config_file))
+    from .bundle import root_of  # not at the top: medvae_monai.bundle imports this module
+
+    parser["bundle_root"] = root_of(config_file)
     network = parser.get_parsed_content(net_id).eval()
     ckpt = parser.get_parsed_content(ckpt_id)
     if not ckpt or not Path(ckpt).is_file():

@@ -45,16 +45,20 @@ def make_case(name: str, dest: Path) -> Path:
     return dest / "data"
 
 
-def run_bundle(run_id: str, config: str | list[str], *overrides: str, timeout: int = 600, check: bool = True):
-    """Run ``python -m monai.bundle run RUN_ID --config_file ...`` from the repo root in a subprocess.
+def run_bundle(
+    run_id: str, config: str | list[str], *overrides: str, timeout: int = 600, check: bool = True, cwd: Path = REPO
+):
+    """Run ``python -m monai.bundle run RUN_ID --config_file ...`` in a subprocess, from the repo root
+    unless ``cwd`` says otherwise (this checkout stays first on the import path either way).
 
     Returns the ``CompletedProcess`` (stdout and stderr merged into ``stdout``).
     """
     configs = [config] if isinstance(config, str) else config
     files = configs[0] if len(configs) == 1 else repr(configs)
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files, *overrides]
-    env = {**os.environ, "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "MEDVAE_QUIET": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import data_path, run_bundle
+from .conftest import REPO, data_path, run_bundle
 
 pytestmark = pytest.mark.slow
 TINY = ("--max_items", "32", "--batch_size", "8")
@@ -37,8 +38,6 @@ def test_training_writes_checkpoint_metrics_and_figure(phantom_run):
 
 def test_training_resumes_from_last_checkpoint(phantom_run, tmp_path):
     run = tmp_path / "resumed"
-    import shutil
-
     shutil.copytree(phantom_run, run)
     before = torch.load(run / "checkpoints/last.pt", weights_only=True)
     proc = run_bundle("training", "bundle/configs/train.yaml", *TINY, "--max_epochs", "2", "--output_dir", str(run))
@@ -105,3 +104,49 @@ def test_unknown_override_is_refused(tmp_path):
                       check=False)
     assert proc.returncode != 0
     assert "unknown config override --max_epoch" in proc.stdout and "--max_epochs" in proc.stdout
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_a_renamed_copy_runs_from_its_folder_and_from_anywhere(tmp_path):
+    """The Zoo way (cd into the bundle, configs/...) and --bundle_root from an unrelated folder, on a
+    renamed copy; neither writes into the bundle (default outputs go beside it)."""
+    copy = tmp_path / "zoo" / "medvae_renamed"
+    shutil.copytree(REPO / "bundle", copy)
+    before = _tree(copy)
+    pics = tmp_path / "pics"  # the bundle-cwd case: two greyscale PNGs
+    pics.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(((np.mgrid[0:64, 0:64][1] * 3 + 40 + 10 * i).clip(0, 255)).astype(np.uint8)).save(pics / f"p{i}.png")
+    proc = run_bundle("inferring", "configs/inference.yaml", "--dataset_dir", str(pics), cwd=copy)
+    out = tmp_path / "zoo" / "runs" / "inference"
+    assert f"outputs: {out}" in proc.stdout
+    assert sorted(p.name for p in (out / "reconstructions").iterdir()) == ["p0_recon.png", "p1_recon.png"]
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    run_bundle(
+        "inferring", str(copy / "configs" / "inference.yaml"), "--bundle_root", str(copy),
+        "--dataset_dir", "../pics", "--output_dir", "out", cwd=elsewhere,
+    )  # fmt: skip
+    assert (elsewhere / "out" / "latents" / "p1_latent.nii.gz").is_file()
+    assert _tree(copy) == before, "running the bundle wrote into its folder"
+
+
+def test_command_line_mistakes_give_one_line(tmp_path):
+    """A misspelled run id is refused with the valid ones before anything is written; --help lists them;
+    a config outside its bundle names --bundle_root."""
+    out = tmp_path / "out"
+    proc = run_bundle("train", "bundle/configs/train.yaml", "--output_dir", str(out), check=False)
+    assert proc.returncode == 1 and not out.exists()
+    assert "unknown run id 'train'" in proc.stdout and "training, run" in proc.stdout and "Traceback" not in proc.stdout
+    proc = run_bundle("run", "bundle/configs/inference.yaml", "--help")
+    assert "run ids: inferring" in proc.stdout and "--dataset_dir None" in proc.stdout
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(REPO / "bundle" / "configs" / "inference.yaml", lone)
+    proc = run_bundle("inferring", str(lone / "inference.yaml"), "--output_dir", str(out), check=False)
+    assert proc.returncode == 1 and "--bundle_root" in proc.stdout and "Traceback" not in proc.stdout

@@ -37,7 +37,7 @@ def lesions(tmp_path_factory):
             img = np.clip(rng.normal(60, 15, SIZE) + mask * level, 0, 255)
             Image.fromarray(img.astype(np.uint8)).save(root / cls / f"case{i:02d}.png")
             Image.fromarray((mask * 255).astype(np.uint8)).save(root / cls / f"case{i:02d}_mask.png")
-    vae = root.parent / "vae.pt"  # an untrained VAE of common.yaml's architecture is enough to run the configs
+    vae = root.parent / "vae.pt"  # an untrained VAE of the bundle's vae_def is enough to run the configs
     atomic_torch_save(MedVAE(2, 1, latent_channels=1, channels=(32, 64)).state_dict(), vae)
     return root, vae
 
@@ -101,7 +101,7 @@ def test_segmentation_train_evaluate_infer(lesions, tmp_path):
 def test_lung_ct_3d_classifier_on_phantoms_and_an_msd_datalist(tmp_path):
     """The lung-CT path: 3D CT volumes in HU through the lung window and a 3D VAE under the head,
     on the embedded 3D phantoms and on an MSD-style datalist of NIfTI CT volumes."""
-    vae = tmp_path / "vae3d.pt"  # untrained, of common.yaml's architecture in 3D: enough to run the configs
+    vae = tmp_path / "vae3d.pt"  # untrained, of the bundle's vae_def in 3D: enough to run the configs
     atomic_torch_save(MedVAE(3, 1, latent_channels=1, channels=(32, 64)).state_dict(), vae)
     ct = ["--spatial_dims", "3", "--intensity", "ct", "--ct_window", "lung", "--batch_size", "4"]
 

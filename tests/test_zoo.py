@@ -1,15 +1,15 @@
 """The MONAI Model Zoo's CI checks, replayed on ``bundle/``: files, version, metadata, net in/out, export.
 
 The zoo runs ``verify_metadata``, ``verify_net_in_out`` and ``ckpt_export`` from ``monai.bundle``;
-here they run in-process (one MONAI import) from the repository root, where the configs'
-``%bundle/configs/common.yaml::...`` macros resolve. ``verify_metadata`` uses the schema kept in
-the repo, so nothing is downloaded.
+here they run in-process (one MONAI import). ``verify_metadata`` uses the schema kept in the repo,
+so nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import torch
 import yaml
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
+from medvae_monai.bundle import layers, run_ids
 from medvae_monai.config import load_bundle_network
 
 from .conftest import REPO
@@ -136,3 +137,30 @@ def test_ckpt_export_torchscript(config: str, tmp_path: Path) -> None:
         x = torch.rand(shape)
         with torch.no_grad():
             torch.testing.assert_close(ts(x), net(x), atol=TS_ATOL, rtol=0)
+
+
+def test_configs_are_written_from_their_layers(tmp_path: Path) -> None:
+    """Each runnable config equals its layers merged as MONAI merges a config list; an edited layer
+    makes it stale until `python -m medvae_monai.bundle.layers` rewrites it."""
+    assert layers.stale_configs(BUNDLE) == [], "run: python -m medvae_monai.bundle.layers"
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", copy / "configs")
+    base = copy / "configs" / "layers" / "_vae.yaml"
+    base.write_text(base.read_text().replace("latent_channels: 1", "latent_channels: 4"))
+    stale = {p.name for p in layers.stale_configs(copy)}
+    assert {"inference.yaml", "train.yaml", "infer_segmentation.yaml", "encode.yaml"} <= stale
+    assert "decode.yaml" not in stale  # it does not use the VAE's definition
+    layers.build(copy)
+    flat = yaml.safe_load((copy / "configs" / "infer_segmentation.yaml").read_text())
+    assert flat["vae_def"]["latent_channels"] == 4 and "_base_" not in flat
+    assert "%" not in (copy / "configs" / "train.yaml").read_text().replace("% ", "")  # no macros
+
+
+def test_run_ids_of_each_config() -> None:
+    expected = {
+        "train.yaml": ["training", "run"], "evaluate.yaml": ["evaluating"], "inference.yaml": ["inferring"],
+        "encode.yaml": ["encoding"], "decode.yaml": ["decoding"], "train_segmentation.yaml": ["training", "run"],
+        "infer_classifier.yaml": ["inferring"], "evaluate_segmentation.yaml": ["evaluating"],
+    }  # fmt: skip
+    for name, ids in expected.items():
+        assert run_ids(yaml.safe_load((BUNDLE / "configs" / name).read_text())) == ids, name
