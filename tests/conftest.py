@@ -64,6 +64,21 @@ def run_bundle(
     return proc
 
 
+def kill_when_exists(proc, path: Path, timeout: float = 600.0) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` exists (an event, not a timer, so a loaded machine only
+    makes the test slower). Fails with the child's stderr if it exits first, or after ``timeout`` s."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"{path} did not appear within {timeout:.0f} s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

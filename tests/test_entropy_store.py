@@ -4,10 +4,8 @@ resume, damaged bitstreams named by item, torchrun ranks byte-identical to one p
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from medvae_monai.latents import EntropyCodec, LatentDataset, LatentStore, encod
 from medvae_monai.latents.coding import TableCoder
 from medvae_monai.networks import MedVAE
 
-from .conftest import REPO
+from .conftest import REPO, kill_when_exists
 from .test_latent_store import _tree, picture_folder  # noqa: F401 (fixture)
 
 
@@ -111,13 +109,7 @@ def test_sigkill_during_coded_encoding_then_resume_is_identical(codec_file, tmp_
 
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     proc = child(killed, "slow")
-    deadline = time.time() + 120
-    while not (killed / "shards" / "00001.json.gz").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "encoding did not start"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(proc, killed / "shards" / "00001.json.gz")
     partial = LatentStore(killed)
     assert not partial.complete and 8 <= len(partial) < 48 and partial.verify() == len(partial)
     for p in (child(killed, "fast"), child(reference, "fast")):

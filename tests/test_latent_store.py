@@ -21,7 +21,7 @@ from medvae_monai.errors import InputError
 from medvae_monai.latents import LatentDataset, LatentStore, encode_dataset, tiled_decode, weights_sha256
 from medvae_monai.networks import MedVAE
 
-from .conftest import REPO, data_path, run_bundle
+from .conftest import REPO, data_path, kill_when_exists, run_bundle
 
 
 def _network(spatial_dims: int = 2, seed: int = 0) -> MedVAE:
@@ -172,13 +172,7 @@ def _child(store: Path, mode: str) -> subprocess.Popen:
 def test_resume_after_sigkill_gives_identical_store(tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     proc = _child(killed, "slow")
-    deadline = time.time() + 120
-    while not (killed / "shards" / "00001.json.gz").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "encoding did not start"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(proc, killed / "shards" / "00001.json.gz")
     assert proc.returncode == -signal.SIGKILL
     partial = LatentStore(killed)  # a killed run leaves a store that opens
     assert not partial.complete and 8 <= len(partial) < 48
