@@ -117,7 +117,7 @@ def test_committed_reference_matches_the_committed_vae(repo, monkeypatch):
     from medvae_monai.config import load_bundle_network
 
     monkeypatch.chdir(repo)
-    vae, ckpt = load_bundle_network(repo / "bundle/configs/common.yaml", ckpt_id="pretrained_ckpt")
+    vae, ckpt = load_bundle_network(repo / "bundle/configs/inference.yaml")
     assert ckpt is not None
     ref = NormativeReference.load(repo / "bundle/models/anomaly_reference.pt", vae)
     assert len(ref.latents) >= 1000 and ref.latents.shape[1] == vae.latent_channels

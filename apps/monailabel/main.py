@@ -1,7 +1,6 @@
 """MONAI Label app serving this repository's segmentation head through its bundle config.
 
-Start it from the repository root, where the configs' ``%bundle/configs/common.yaml::...`` macros
-resolve (MONAI resolves macro paths against the working directory)::
+Start it from the repository root, so that the default checkpoint paths below resolve::
 
     monailabel start_server --app apps/monailabel --studies STUDIES --host 127.0.0.1 --port 8000 \\
         --conf segmentation_ckpt runs/train_segmentation/model.pt --conf intensity ct
