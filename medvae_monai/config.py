@@ -153,7 +153,7 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     if not files:
         return
     defaults = ConfigParser(ConfigParser.load_config_files(files))
-    defaults.resolve_macro_and_relative_ids()  # "%common.yaml::x" -> x's default
+    defaults.resolve_macro_and_relative_ids()  # a user config's "%file::x" macros -> their defaults
     known = config_ids(defaults.get()) | _RUN_ARGS
     for name in values:
         if name not in known:
