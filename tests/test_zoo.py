@@ -164,3 +164,39 @@ def test_run_ids_of_each_config() -> None:
     }  # fmt: skip
     for name, ids in expected.items():
         assert run_ids(yaml.safe_load((BUNDLE / "configs" / name).read_text())) == ids, name
+
+
+def test_monailabel_app_bundles_are_valid_bundles(tmp_path: Path) -> None:
+    """Each small bundle for the stock MONAI Label app passes the zoo's metadata check, its
+    network_def takes the served weights strictly, and its transforms build without a dataset."""
+    from monai.bundle import ConfigParser
+
+    from medvae_monai.bundle.monailabel import APP_BUNDLES, write_app_bundle
+    from medvae_monai.utils import load_weights
+
+    for spec in APP_BUNDLES:
+        small = write_app_bundle(spec, tmp_path / "model")
+        verify_metadata(meta_file=str(small / "configs" / "metadata.json"), filepath=SCHEMA)
+        meta = json.loads((small / "configs" / "metadata.json").read_text())
+        assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["1"] == "lesion"
+        parser = ConfigParser()
+        parser.read_config(str(small / "configs" / "inference.yaml"))
+        parser["bundle_root"] = str(small)  # what MONAI Label sets
+        load_weights(parser.get_parsed_content("network_def"), small / "models" / "model.pt")
+        for key in ("preprocessing", "postprocessing"):
+            assert parser.get_parsed_content(key).transforms, key
+        if spec.train_layer:
+            train = ConfigParser()
+            train.read_config(str(small / "configs" / "train.yaml"))
+            assert train["run"] == "@training"  # BundleTrainTask's default run id
+            assert {"train", "validate"} <= set(train.config) and "data" in train["train"]["dataset"]
+
+
+def test_monailabel_app_bundle_without_weights_says_so(tmp_path: Path) -> None:
+    from medvae_monai.bundle.monailabel import APP_BUNDLES, write_app_bundle
+    from medvae_monai.errors import InputError
+
+    copy_of = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", copy_of / "configs")
+    with pytest.raises(InputError, match=r"busi_segmenter\.pt does not exist: .*train it as .*README"):
+        write_app_bundle(APP_BUNDLES[0], tmp_path / "model", copy_of)
