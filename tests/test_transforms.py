@@ -99,3 +99,20 @@ def test_latent_geometry_for_precomputed_latents():
     img = MetaTensor(torch.rand(1, 16, 16), affine=torch.diag(torch.tensor([2.0, 2.0, 1.0, 1.0], dtype=torch.float64)))
     d = LatentGeometryd("pred", "image", 4)({"image": img, "pred": torch.rand(1, 4, 4)})
     assert d["pred"].affine[0, 0] == 8.0 and d["pred"].affine[0, 3] == 3.0
+
+
+def test_loading_prints_no_gpu_decoder_notice(tmp_path, caplog, recwarn):
+    """MONAI's nvImageCodec DICOM reader warns on CPU-only machines; the package's loader keeps it quiet."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from medvae_monai.transforms import LoadImageCheckedd
+
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.WARNING):
+        out = LoadImageCheckedd("image", image_only=True)({"image": str(tmp_path / "a.png")})
+    assert out["image"].shape == (8, 8)
+    assert not [r for r in caplog.records if "nvImageCodec" in r.getMessage()]
+    assert not [w for w in recwarn if "nvImageCodec" in str(w.message)]

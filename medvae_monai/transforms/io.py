@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -60,7 +62,17 @@ class LoadImageCheckedd(LoadImaged):
     """
 
     def __init__(self, *args, spatial_dims: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        # MONAI registers every reader it knows, including its GPU (nvImageCodec) DICOM reader, which
+        # warns twice per LoadImage on a machine without CUDA; this package decodes DICOM on the CPU
+        # (DicomPictureReader) and never asks that reader, so its notice is noise here
+        plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+        level, plugin_log.level = plugin_log.level, logging.ERROR
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+                super().__init__(*args, **kwargs)
+        finally:
+            plugin_log.setLevel(level)
         self._loader.register(PILReader(converter=picture_as_stored))  # before MONAI's own PILReader
         self._loader.register(DicomPictureReader())  # registered last, so it is asked first
         self.single_slice = spatial_dims == 2
