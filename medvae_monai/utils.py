@@ -64,15 +64,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_state_dict(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", option: str = "--ckpt_path"
+) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)``; never unpickles arbitrary objects.
+
+    Args:
+        option: the command-line option that names this checkpoint, for the error message.
 
     Raises:
         InputError: the file is missing, corrupt, or holds pickled objects rather than tensors.
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"checkpoint {str(p)!r} does not exist; pass an existing file with --ckpt_path.")
+        raise InputError(f"checkpoint {str(p)!r} does not exist; pass an existing file with {option}.")
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -85,20 +90,42 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(f"{p}: cannot be read as a PyTorch checkpoint ({first[:200]}); it is corrupt or truncated.") from None
 
 
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+def _conv_dims(state: dict) -> int | None:
+    """Spatial dims of a state dict's convolutions (weights ``(out, in, *kernel)``), if they agree."""
+    dims = {v.ndim - 2 for k, v in state.items() if k.endswith("weight") and isinstance(v, torch.Tensor) and v.ndim in (4, 5)}
+    return dims.pop() if len(dims) == 1 else None
+
+
+def load_weights(
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    option: str = "--ckpt_path",
+) -> torch.nn.Module:
     """Load a state dict from ``path`` into ``network`` (safely, see :func:`load_state_dict`).
 
+    Args:
+        option: the command-line option that names this checkpoint (``--ckpt_path``, ``--vae_ckpt``),
+            for the error messages.
+
     Raises:
-        InputError: the checkpoint does not fit the network's architecture, with the first
+        InputError: the checkpoint is missing, or does not fit the network's architecture: a 2D
+            checkpoint for a 3D network (or the reverse) says so, other mismatches list the first
             mismatching keys or shapes.
     """
-    state = load_state_dict(path, map_location)
+    state = load_state_dict(path, map_location, option)
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]  # a full training checkpoint (last.pt)
     if not isinstance(state, dict):
         raise InputError(
             f"{path}: holds a {type(state).__name__}, not a state dict; "
             "save it with torch.save(model.state_dict(), path)."
+        )
+    have, want = _conv_dims(state), _conv_dims(network.state_dict())
+    if None not in (have, want) and have != want:
+        raise InputError(
+            f"{path}: this checkpoint is a {have}D network and the config builds a {want}D {type(network).__name__} "
+            f"(spatial_dims {want}): pass --spatial_dims {have} to use it, or a {want}D checkpoint with {option}."
         )
     try:
         network.load_state_dict(state)
@@ -107,6 +134,6 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location
         raise InputError(
             f"{path}: the checkpoint does not fit this {type(network).__name__} ({detail[:400]}). It was trained with "
             "another architecture: use the config it was trained with (spatial_dims, in_channels, channels, ...) or "
-            "another --ckpt_path."
+            f"another {option}."
         ) from None
     return network

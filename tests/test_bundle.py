@@ -150,3 +150,16 @@ def test_command_line_mistakes_give_one_line(tmp_path):
     shutil.copy(REPO / "bundle" / "configs" / "inference.yaml", lone)
     proc = run_bundle("inferring", str(lone / "inference.yaml"), "--output_dir", str(out), check=False)
     assert proc.returncode == 1 and "--bundle_root" in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_a_volume_given_to_the_2d_model_names_the_fix(tmp_path):
+    """The issue's 2D/3D mix-up: a 3D NIfTI into the default (2D) VAE says what is wrong and which
+    options fix it, in one line, before any weights or outputs."""
+    import nibabel as nib
+
+    vol = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 16)).astype(np.float32), np.eye(4)), vol)
+    proc = run_bundle("inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(vol),
+                      "--output_dir", str(tmp_path / "out"), check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
+    assert "this input is a 3D volume and the model is 2D" in proc.stdout and "--spatial_dims 3" in proc.stdout

@@ -307,7 +307,7 @@ def test_checkpoint_from_another_architecture(tmp_path: Path) -> None:
     with refused("does not fit this MedVAE.*size mismatch.*another architecture", "small.pt"):
         load_weights(MedVAE(2, 1, channels=(16, 32)), tmp_path / "small.pt")
     torch.save(MedVAE(3, 1, channels=(8, 16)).state_dict(), tmp_path / "3d.pt")
-    with refused("does not fit this MedVAE", "3d.pt"):
+    with refused("a 3D network and the config builds a 2D MedVAE.*--spatial_dims 3", "3d.pt"):
         load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "3d.pt")
     load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "small.pt")  # the right architecture loads
 

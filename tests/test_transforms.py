@@ -39,8 +39,13 @@ def test_check_image_errors_name_the_file():
     img = MetaTensor(torch.rand(3, 16, 16), meta={"filename_or_obj": "/data/rgb.png"})
     with pytest.raises(InputError, match=r"/data/rgb.png.*takes 1 channel"):
         CheckImaged("image", channels=1, spatial_dims=2)({"image": img})
-    with pytest.raises(InputError, match="expected a 3D image"):
+    with pytest.raises(InputError, match="expected a 3D image.*4D .*select one 3D volume"):
         CheckImaged("image", spatial_dims=3)({"image": MetaTensor(torch.rand(1, 4, 4, 4, 2))})
+    # 2D/3D mix-ups name --spatial_dims, not a 4D volume
+    with pytest.raises(InputError, match="a 3D volume and the model is 2D.*--spatial_dims 3"):
+        CheckImaged("image", spatial_dims=2)({"image": MetaTensor(torch.rand(1, 4, 4, 4))})
+    with pytest.raises(InputError, match="a 2D image and the model is 3D.*--spatial_dims 2"):
+        CheckImaged("image", spatial_dims=3)({"image": MetaTensor(torch.rand(1, 4, 4))})
     bad = torch.rand(1, 8, 8)
     bad[0, 1, 1] = float("nan")
     with pytest.raises(InputError, match="1 NaN/Inf"):

@@ -200,3 +200,14 @@ def test_monailabel_app_bundle_without_weights_says_so(tmp_path: Path) -> None:
     shutil.copytree(BUNDLE / "configs", copy_of / "configs")
     with pytest.raises(InputError, match=r"busi_segmenter\.pt does not exist: .*train it as .*README"):
         write_app_bundle(APP_BUNDLES[0], tmp_path / "model", copy_of)
+
+
+def test_a_checkpoint_of_the_other_dimensionality_says_so(tmp_path: Path) -> None:
+    from medvae_monai.errors import InputError
+    from medvae_monai.networks import MedVAE
+    from medvae_monai.utils import load_weights
+
+    with pytest.raises(InputError, match=r"is a 2D network and the config builds a 3D MedVAE .*--spatial_dims 2 .*--vae_ckpt"):
+        load_weights(MedVAE(spatial_dims=3, in_channels=1), BUNDLE / "models" / "model.pt", option="--vae_ckpt")
+    with pytest.raises(InputError, match=r"'.*nope\.pt' does not exist; pass an existing file with --vae_ckpt"):
+        load_weights(MedVAE(spatial_dims=2, in_channels=1), tmp_path / "nope.pt", option="--vae_ckpt")

@@ -12,6 +12,22 @@ from ..errors import InputError, describe_source
 __all__ = ["CheckImaged", "CheckImageMaskd"]
 
 
+def _dims_hint(got: int, want: int, channels: int) -> str:
+    """The fix for a ``channels``-channel image with ``got`` spatial dims given to a ``want``-D model."""
+    if (got, want) == (3, 2):
+        four_d = " (or a 4D volume, whose 4th axis reads as channels: select one 3D volume)" if channels > 1 else ""
+        return (
+            f"this input is a 3D volume{four_d} and the model is 2D (the committed models/model.pt is a 2D VAE): pass "
+            "--spatial_dims 3 with a 3D checkpoint (--ckpt_path, or --vae_ckpt under a head; train.yaml --spatial_dims 3 "
+            "trains one), or give 2D slices"
+        )
+    if (got, want) == (2, 3):
+        return "this input is a 2D image and the model is 3D: pass --spatial_dims 2 with a 2D checkpoint, or give volumes"
+    if got > want:
+        return "a 4D (multi-frame or multi-echo) volume: select one 3D volume"
+    return "too few dimensions: check the file is the right kind of image"
+
+
 class CheckImaged(MapTransform):
     """Check channel-first images: channel count, number of spatial dims, minimum size, finiteness.
 
@@ -46,11 +62,7 @@ class CheckImaged(MapTransform):
             src = describe_source(img)
             shape = tuple(img.shape)
             if self.spatial_dims is not None and len(shape) != self.spatial_dims + 1:
-                hint = (
-                    "a 4D (multi-frame or multi-echo) volume: select one 3D volume"
-                    if len(shape) - 1 > self.spatial_dims
-                    else "too few dimensions: check the file is the right kind of image"
-                )
+                hint = _dims_hint(len(shape) - 1, self.spatial_dims, shape[0])
                 raise InputError(
                     f"{src}: expected a {self.spatial_dims}D image (channel-first shape (C, *{self.spatial_dims} dims)), "
                     f"got shape {shape} under key '{key}': {hint}."
