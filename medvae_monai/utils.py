@@ -13,7 +13,10 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "ensure_writable_dir", "load_state_dict", "load_weights"]
+__all__ = [
+    "atomic_write", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "decode_class_names",
+    "ensure_writable_dir", "load_state_dict", "load_weights",
+]  # fmt: skip
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) and put it back
 os.umask(_UMASK)
@@ -88,6 +91,31 @@ def load_state_dict(
                 "(torch.load weights_only=True). Re-save it as a state dict: torch.save(model.state_dict(), path)."
             ) from None
         raise InputError(f"{p}: cannot be read as a PyTorch checkpoint ({first[:200]}); it is corrupt or truncated.") from None
+
+
+CLASS_NAMES_KEY = "class_names_utf8"
+
+
+def decode_class_names(buffer: torch.Tensor) -> list[str]:
+    """Class names from a ``class_names_utf8`` buffer (:class:`~medvae_monai.networks.LatentClassifier`):
+    a uint8 tensor of the UTF-8 bytes of their JSON list."""
+    return json.loads(bytes(buffer.tolist()).decode())
+
+
+def checkpoint_class_names(path: str | os.PathLike | None) -> list[str] | None:
+    """The class names a classifier checkpoint keeps (label order), or None: no path, no such file
+    (loading it later says so), or a checkpoint saved without names.
+
+    Raises:
+        InputError: the file cannot be read as a checkpoint (see :func:`load_state_dict`).
+    """
+    if not path or not Path(path).is_file():
+        return None
+    state = load_state_dict(path)
+    if isinstance(state, dict) and isinstance(state.get("network"), dict):
+        state = state["network"]  # a full training checkpoint (last.pt)
+    keys = [k for k in state if k == CLASS_NAMES_KEY or k.endswith("." + CLASS_NAMES_KEY)] if isinstance(state, dict) else []
+    return decode_class_names(state[keys[0]]) if keys else None
 
 
 def _conv_dims(state: dict) -> int | None:

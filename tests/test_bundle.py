@@ -163,3 +163,38 @@ def test_a_volume_given_to_the_2d_model_names_the_fix(tmp_path):
                       "--output_dir", str(tmp_path / "out"), check=False)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
     assert "this input is a 3D volume and the model is 2D" in proc.stdout and "--spatial_dims 3" in proc.stdout
+
+
+def test_classifier_checkpoint_keeps_its_class_names(tmp_path):
+    """A head keeps its class names in the state dict (weights_only-safe), so inference on a flat
+    folder needs no --class_names and evaluation indexes labels by the checkpoint's classes."""
+    import json
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medvae_monai.errors import InputError
+    from medvae_monai.networks import LatentClassifier
+    from medvae_monai.utils import checkpoint_class_names, load_state_dict
+
+    with pytest.raises(InputError, match="2 class names"):
+        LatentClassifier(2, 1, 3, class_names=["a", "b"])
+    names = ["benign", "malignant", "normal"]
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "infer_classifier.yaml"))
+    parser["bundle_root"], parser["class_names"] = str(REPO / "bundle"), names
+    torch.manual_seed(0)
+    ckpt = tmp_path / "cls.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    assert checkpoint_class_names(ckpt) == names and "head.class_names_utf8" in load_state_dict(ckpt)
+
+    flat = tmp_path / "flat"  # no class sub-folders: the source alone has no class names
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)).save(flat / f"u{i}.png")
+    run_bundle("inferring", "bundle/configs/infer_classifier.yaml", "--dataset_dir", str(flat),
+               "--ckpt_path", str(ckpt), "--num_samples", "2", "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    rows = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    assert len(rows) == 2 and all(set(r["probability"]) == set(names) and r["prediction"] in names for r in rows)

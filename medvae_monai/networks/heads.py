@@ -10,6 +10,7 @@ state dict holds ``vae.*`` and ``head.*``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
+from ..utils import CLASS_NAMES_KEY, decode_class_names
 from .vae import MedVAE, ResBlock
 
 __all__ = ["CLASSIFICATION_TASKS", "LatentClassifier", "LatentImageClassifier", "LatentImageSegmenter", "LatentSegmenter"]
@@ -41,10 +43,19 @@ class LatentClassifier(nn.Module):
         task: ``binary``, ``multiclass`` or ``multilabel``.
         channels: feature channels per level; every level after the first halves the resolution.
         dropout: dropout before the final linear layer.
+        class_names: the class names in label order, kept in the state dict (buffer
+            ``class_names_utf8``, their JSON list as bytes, so ``torch.load(weights_only=True)`` reads
+            it), so inference takes them from the checkpoint (:func:`medvae_monai.utils.checkpoint_class_names`).
+            None or empty: no names are kept.
 
     Shapes:
         ``z``: ``(B, latent_channels, *L)`` -> logits ``(B, num_classes)``.
+
+    Raises:
+        InputError: an unknown task, too few classes, or ``class_names`` of another length than ``num_classes``.
     """
+
+    __jit_unused_properties__ = ["class_names"]  # TorchScript compiles properties; this one is Python only
 
     def __init__(
         self,
@@ -54,8 +65,17 @@ class LatentClassifier(nn.Module):
         task: str = "multiclass",
         channels: Sequence[int] = (64, 128),
         dropout: float = 0.1,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if class_names and len(class_names) != num_classes:
+            raise InputError(
+                f"LatentClassifier: {len(class_names)} class names {list(class_names)} for num_classes={num_classes}; "
+                f"pass --num_classes {len(class_names)}, or --class_names with {num_classes} names."
+            )
+        if class_names:  # a buffer, not a Python attribute: it travels in the state dict with the weights
+            names = json.dumps([str(c) for c in class_names]).encode()
+            self.register_buffer(CLASS_NAMES_KEY, torch.tensor(list(names), dtype=torch.uint8))
         if task not in CLASSIFICATION_TASKS:
             raise InputError(f"LatentClassifier: task must be one of {CLASSIFICATION_TASKS}, got {task!r}.")
         if task == "binary" and num_classes != 2:
@@ -80,6 +100,12 @@ class LatentClassifier(nn.Module):
         h = F.silu(self.features(z)).flatten(2)  # (B, C, N)
         pooled = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
         return self.fc(self.dropout(pooled))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names kept in the state dict (label order), or None."""
+        names = getattr(self, CLASS_NAMES_KEY, None)
+        return None if names is None else decode_class_names(names)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(..., num_classes)`` from logits of that shape: softmax over the last axis,
