@@ -143,6 +143,8 @@ def test_stock_app_serves_and_trains_the_segmenter(app_and_studies, tmp_path: Pa
         return f"\n--- {log_path} (end) ---\n{log_path.read_text(errors='replace')[-4000:]}"
 
     with log_path.open("w") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} launched: {' '.join(cmd)}\n")  # the server's own lines follow
+        log.flush()
         server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_S
