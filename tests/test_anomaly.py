@@ -13,6 +13,7 @@ from PIL import Image
 
 from medvae_monai.anomaly import AnomalyInferer, NormativeReference, image_score, weights_fingerprint
 from medvae_monai.errors import InputError
+from medvae_monai.losses import ELBOLoss
 from medvae_monai.networks import MedVAE
 
 from .conftest import data_path, run_bundle
@@ -24,7 +25,7 @@ def vae2d() -> MedVAE:
     return MedVAE(2, 1, latent_channels=2, channels=(8, 16)).eval()
 
 
-@pytest.mark.parametrize("method", ["reconstruction", "posterior", "normative"])
+@pytest.mark.parametrize("method", ["reconstruction", "posterior", "elbo", "restoration", "normative"])
 @pytest.mark.parametrize("dims", [2, 3])
 def test_maps_have_the_input_size(method, dims):
     torch.manual_seed(0)
@@ -32,7 +33,7 @@ def test_maps_have_the_input_size(method, dims):
     size = (20, 12) if dims == 2 else (12, 8, 8)
     ref = NormativeReference.build(vae, [torch.rand(3, 1, *size)]) if method == "normative" else None
     x = torch.rand(2, 1, *((13, 9) if dims == 2 else (10, 8, 9)))  # not a multiple of the factor, not the reference size
-    maps = AnomalyInferer(method, ref, neighbours=2)(x, vae)
+    maps = AnomalyInferer(method, ref, neighbours=2, restoration_steps=3)(x, vae)
     assert maps.shape == (2, 1, *x.shape[2:]) and maps.dtype == torch.float32 and torch.isfinite(maps).all()
     assert (maps >= 0).all()
 
@@ -48,6 +49,45 @@ def test_reference_returns_the_nearest_decoded_references(vae2d):
         want = vae2d.decode(mu, spatial_size=[32, 32]).clamp(0, 1)
     assert torch.allclose(near[:, 0], want, atol=1e-5)  # each image is its own nearest reference
     assert image_score(torch.arange(100.0).reshape(1, 1, 10, 10), 0.05).item() == pytest.approx(97.0)
+
+
+def test_elbo_map_is_the_training_loss_per_pixel(vae2d):
+    """The ELBO map's pixel mean is ELBOLoss (L1, beta) averaged over the same posterior samples."""
+    x = torch.rand(3, 1, 32, 32)  # a multiple of the factor: no padding
+    inferer = AnomalyInferer("elbo", smooth_sigma=0, posterior_samples=4, beta=0.5)
+    torch.manual_seed(3)
+    maps = inferer(x, vae2d)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        mu, sigma = vae2d.encode(x)
+        loss = ELBOLoss("l1", beta=0.5)
+        want = torch.stack([loss(vae2d.decode(vae2d.sample(mu, sigma), [32, 32]), x, mu, sigma)["loss"] for _ in range(4)])
+    assert maps.mean().item() == pytest.approx(want.mean().item(), rel=1e-4)
+
+
+def test_restoration_removes_pasted_patches_from_mednist_images(repo, monkeypatch):
+    """Restoration (You et al. 2019) on the committed VAE: the change concentrates on the patch, lowers
+    the negative ELBO, and leaves the network's gradients untouched."""
+    from medvae_monai.config import load_bundle_network
+
+    root = data_path("MedNIST")
+    monkeypatch.chdir(repo)
+    vae, _ = load_bundle_network(repo / "bundle/configs/inference.yaml")
+    images, inside = [], torch.zeros(9, 1, 64, 64, dtype=torch.bool)
+    for i, (cls, (r, c)) in enumerate((c, p) for c in ("Hand", "HeadCT", "BreastMRI") for p in ((10, 36), (30, 20), (40, 40))):
+        x = torch.from_numpy(np.array(Image.open(root / cls / "002990.jpeg"), dtype=np.float32) / 255.0)[None]
+        x[:, r : r + 14, c : c + 14] = 0.0 if x[:, r : r + 14, c : c + 14].mean() > 0.5 else 1.0  # flat, contrasting
+        images.append(x)
+        inside[i, :, r : r + 14, c : c + 14] = True
+    x = torch.stack(images)
+    inferer = AnomalyInferer("restoration", smooth_sigma=0)
+    restored = inferer.restore(x, vae)
+    with torch.no_grad():
+        assert (inferer.negative_elbo(restored, vae) < inferer.negative_elbo(x, vae)).all()
+    maps = inferer(x, vae)
+    ratio = torch.stack([m[i].mean() / m[~i].mean() for m, i in zip(maps, inside)])
+    assert ratio.mean() > 1.5, ratio
+    assert all(p.grad is None for p in vae.parameters())
 
 
 def test_reference_refuses_another_checkpoint(vae2d, tmp_path):
