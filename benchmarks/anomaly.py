@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_precision, compute_roc_auc
+from monai.metrics import compute_roc_auc
 from monai.networks.layers import GaussianFilter
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
@@ -87,32 +87,36 @@ def auprc(labels: torch.Tensor, scores: torch.Tensor) -> float:
     return float((precision * y).sum() / y.sum())
 
 
-def paste_anomalies(x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """MOOD-style anomalies in every other image of ``x`` ``(N, 1, H, W)``; returns images, masks, kinds."""
+def paste_anomalies(x: torch.Tensor, rng: np.random.Generator, sizes: tuple[int, int] = (8, 21)) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """MOOD-style anomalies in every other image of ``x`` ``(N, 1, *S)`` (2D or 3D): squares or cubes
+    with a side drawn from ``range(*sizes)``; returns images, masks, kinds."""
     x = x.clone()
-    n, _, h, w = x.shape
+    n, spatial = len(x), list(x.shape[2:])
     masks = torch.zeros_like(x, dtype=torch.bool)
     kinds = ["normal"] * n
-    blur = GaussianFilter(2, 2.0)
+    blur = GaussianFilter(len(spatial), 2.0)
+
+    def box(s: int) -> tuple[slice, ...]:
+        return tuple(slice(a, a + s) for a in (int(v) for v in rng.integers(0, [d - s for d in spatial])))
+
     for j, i in enumerate(range(1, n, 2)):
         kind = KINDS[j % len(KINDS)]
         for _ in range(20):
-            s = int(rng.integers(8, 21))
-            r, c = (int(v) for v in rng.integers(0, [h - s, w - s]))
-            region = x[i, 0, r : r + s, c : c + s]
+            s = int(rng.integers(*sizes))
+            where = (i, 0, *box(s))
+            region = x[where]
             if kind == "foreign_patch":
                 o = int(rng.integers(n))
-                orr, oc = (int(v) for v in rng.integers(0, [h - s, w - s]))
-                new = x[o, 0, orr : orr + s, oc : oc + s]
+                new = x[(o, 0, *box(s))]
             elif kind == "intensity_shift":
                 new = (region + float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.5))).clamp(0, 1)
             else:
-                new = blur(x[i : i + 1])[0, 0, r : r + s, c : c + s]
+                new = blur(x[i : i + 1])[(0, *where[1:])]
             if (new - region).abs().mean() >= 0.05:
                 break
         changed = (new - region).abs() > 1e-3
-        x[i, 0, r : r + s, c : c + s] = new
-        masks[i, 0, r : r + s, c : c + s] = changed
+        x[where] = new
+        masks[where] = changed
         kinds[i] = kind
     return x, masks, kinds
 
@@ -142,7 +146,7 @@ def maps_for(net: MedVAE, method: str, x: torch.Tensor, reference: NormativeRefe
 
 def zscore_maps(train_x: torch.Tensor, x: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
     mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True)
-    return GaussianFilter(2, SMOOTH)((x - mean).abs() / (std + eps))
+    return GaussianFilter(x.ndim - 2, SMOOTH)((x - mean).abs() / (std + eps))
 
 
 def score_maps(maps: torch.Tensor, masks: torch.Tensor, kinds: list[str]) -> dict:
@@ -154,7 +158,9 @@ def score_maps(maps: torch.Tensor, masks: torch.Tensor, kinds: list[str]) -> dic
         return {
             "pixel_auroc": round(auroc(masks[sel], maps[sel]), 4),
             "pixel_auprc": round(auprc(masks[sel], maps[sel]), 4),
-            "image_auroc": round(float(compute_roc_auc(scores[sel], is_anomalous[sel].float())), 4),
+            # undefined where every image is anomalous (LIDC: each cube holds a nodule)
+            "image_auroc": round(float(compute_roc_auc(scores[sel], is_anomalous[sel].float())), 4)
+            if 0 < int(is_anomalous[sel].sum()) < int(sel.sum()) else None,
         }
 
     out = {"all": metrics(torch.ones(len(kinds), dtype=torch.bool))}
@@ -230,9 +236,9 @@ def run_record(argv: list[str] | None, machine_note: str, t_start: float) -> dic
     }
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, title: str = "Anomaly maps: pixel AUROC / AUPRC and image AUROC") -> str:
     lines = [
-        "# Anomaly maps: pixel AUROC / AUPRC and image AUROC", "",
+        f"# {title}", "",
         f"Machine: {results['machine']}; load average {results['load_average']}. Command: `{results['command']}`. "
         f"Wall time {results['wall_s']} s. Maps smoothed with a Gaussian of {SMOOTH} px; image score = mean of the "
         "top 1% of the map.", "",
@@ -244,10 +250,12 @@ def markdown(results: dict) -> str:
                   "| method | subset | pixel AUROC | pixel AUPRC | image AUROC | ms/image |", "|---|---|---|---|---|---|"]
         for method, per in entry["methods"].items():
             for subset, m in per.items():
-                lines.append(f"| {method} | {subset} | {m['pixel_auroc']:.3f} | {m['pixel_auprc']:.3f} | {m['image_auroc']:.3f} | "
+                lines.append(f"| {method} | {subset} | {m['pixel_auroc']:.3f} | {m['pixel_auprc']:.3f} | "
+                             f"{'–' if m['image_auroc'] is None else format(m['image_auroc'], '.3f')} | "
                              f"{entry['map_ms_per_image'][method]} |")
         lines.append("")
-    lines += ["## Targets", ""] + [f"- {k}: {v}" for k, v in results["targets"].items()] + [""]
+    if "targets" in results:
+        lines += ["## Targets", ""] + [f"- {k}: {v}" for k, v in results["targets"].items()] + [""]
     return "\n".join(lines)
 
 

@@ -9,10 +9,16 @@ For each classification task, one task VAE is trained on the task's training ima
   (:class:`medvae_monai.transforms.FeatureExtract`), average-pooled to the latent grid, as an extra
   channel: the "apply only for the heads" use, where the VAE never sees the feature.
 
+Tasks: ``breastmnist`` and ``busi_cls`` (``benchmarks/tasks.py``, a task VAE trained here) and
+``nodules``: LIDC-IDRI malignancy on the 32 mm cubes of
+:func:`medvae_monai.transforms.nodule_preprocessing` with the committed nodule VAE
+(``bundle/models/nodule.pt``'s encoder, frozen) on ``benchmarks/nodules.py``'s patient-grouped
+split, without its flip augmentation (every variant reads the same cached latents).
+
 The ``replace`` and ``channels`` uses need one VAE per feature (a VAE trained on filtered images,
 or with two input channels); they are not measured here (see the report). Usage::
 
-    python benchmarks/features.py --tasks breastmnist,busi_cls --minutes 0.5 --vae_minutes 1
+    python benchmarks/features.py --tasks breastmnist,busi_cls,nodules --minutes 0.5 --vae_minutes 1
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from anomaly import run_record  # noqa: E402
+from anomaly3d import committed_nodule_vae  # noqa: E402
+from nodules import CLASS_NAMES as NODULE_CLASSES  # noqa: E402
+from nodules import HEAD_CHANNELS as NODULE_HEAD  # noqa: E402
+from nodules import load_split as load_nodules  # noqa: E402
 from tasks import MAX_VAL, TASKS, BestOnValidation, evaluate, load_split, task_vae, train  # noqa: E402
 
-from medvae_monai.data import class_weights  # noqa: E402
+from medvae_monai.data import ImageSource, class_weights  # noqa: E402
 from medvae_monai.engines import HeadTrainer  # noqa: E402
 from medvae_monai.losses import ClassificationLoss  # noqa: E402
 from medvae_monai.latents import cache_latents  # noqa: E402
@@ -68,13 +78,26 @@ class FeatureLatentVAE(torch.nn.Module):
         return torch.cat([mu, feat], 1), torch.cat([sigma, torch.zeros_like(feat)], 1)
 
 
-def run_task(name: str, root: Path, minutes: float, vae_minutes: float) -> dict:
-    spec = TASKS[name]
+def nodule_task(root: Path, cache_dir: str | None) -> tuple[dict, list, list, list, list[str], MedVAE, dict]:
+    """LIDC-IDRI malignancy: the spec, train/val/test cubes, class names and the committed nodule VAE."""
+    spec = {"type": "cls", "dims": 3, "task": "binary", "head": NODULE_HEAD}
+    source = ImageSource(root / "LIDC-IDRI-NoduleVOIs", spatial_dims=3, class_names=NODULE_CLASSES)
+    train_items, val_items, test_items = (
+        [{"image": d["image"], "label": d["label"]} for d in load_nodules(source, s, cache_dir)] for s in ("train", "val", "test")
+    )
+    return (spec, train_items, val_items, test_items, NODULE_CLASSES, *committed_nodule_vae())
+
+
+def run_task(name: str, root: Path, minutes: float, vae_minutes: float, cache_dir: str | None = None) -> dict:
     set_determinism(seed=0)
-    train_items, names = load_split(spec, root, "train", spec.get("max_train"))
-    val_items, _ = load_split(spec, root, "val", MAX_VAL)
-    test_items, _ = load_split(spec, root, "test", spec.get("max_eval"))
-    vae, vae_info = task_vae(spec, train_items, vae_minutes * 60)
+    if name == "nodules":
+        spec, train_items, val_items, test_items, names, vae, vae_info = nodule_task(root, cache_dir)
+    else:
+        spec = TASKS[name]
+        train_items, names = load_split(spec, root, "train", spec.get("max_train"))
+        val_items, _ = load_split(spec, root, "val", MAX_VAL)
+        test_items, _ = load_split(spec, root, "test", spec.get("max_eval"))
+        vae, vae_info = task_vae(spec, train_items, vae_minutes * 60)
     vae.eval()
     k = len(names)
     loss = ClassificationLoss(spec["task"], class_weights(train_items, k, spec["task"]))
@@ -115,11 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=0.5)
     p.add_argument("--vae_minutes", type=float, default=1.0)
     p.add_argument("--out", default="benchmarks/results/features.json")
+    p.add_argument("--cache_dir", default=None, help="keep the preprocessed nodule cubes here (benchmarks/nodules.py's cache)")
     p.add_argument("--machine_note", default="")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
-    results = {"tasks": {t: run_task(t, Path(args.data), args.minutes, args.vae_minutes) for t in args.tasks.split(",")}}
+    results = {"tasks": {t: run_task(t, Path(args.data), args.minutes, args.vae_minutes, args.cache_dir) for t in args.tasks.split(",")}}
     results.update(run_record(argv, args.machine_note, t0))
     out = Path(args.out)
     atomic_write_json(out, results)

@@ -161,3 +161,20 @@ def test_committed_reference_matches_the_committed_vae(repo, monkeypatch):
     assert ckpt is not None
     ref = NormativeReference.load(repo / "bundle/models/anomaly_reference.pt", vae)
     assert len(ref.latents) >= 1000 and ref.latents.shape[1] == vae.latent_channels
+
+
+def test_benchmark_pastes_mood_anomalies_into_hippocampus_volumes(repo, monkeypatch):
+    """benchmarks/anomaly.py's MOOD-style paste in 3D: every other volume, labels exactly the changed voxels."""
+    paths = [data_path("Task04_Hippocampus", "imagesTr", f"hippocampus_{i:03d}.nii.gz") for i in (1, 3)]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    from anomaly import paste_anomalies
+
+    vols = [np.asarray(nib.load(p).dataobj, dtype=np.float32) for p in paths]
+    crop = tuple(min(v.shape[d] for v in vols) for d in range(3))
+    vols = [torch.from_numpy(v[: crop[0], : crop[1], : crop[2]] / v.max()) for v in vols]
+    clean = torch.stack([vols[0], vols[1], vols[1].flip(0), vols[0].flip(1)])[:, None]
+    x, masks, kinds = paste_anomalies(clean, np.random.default_rng(0), sizes=(4, 9))
+    assert kinds == ["normal", "foreign_patch", "normal", "intensity_shift"]
+    assert not masks[0::2].any() and all(masks[i].any() for i in (1, 3))
+    assert (x - clean).abs()[~masks].max() <= 1e-3  # nothing visible changes outside the labels
+    assert ((x - clean).abs()[masks] > 1e-3).all()
