@@ -10,8 +10,10 @@ Methods (``method=``), all ``(B, C, *S) -> (B, 1, *S)``, larger is more anomalou
   ``beta``-weighted KL): ``mean_s |x - x_s| + beta * KL``, the KL of each latent position
   (nats, mean over latent channels) spread over the ``f**d`` pixels it decodes. The pixel mean of
   the map is the loss the VAE was trained on (up to the padding to a multiple of ``f``), so the
-  map is that loss's decomposition over pixels (Zimmerer et al., "Unsupervised anomaly
-  localization using variational auto-encoders", MICCAI 2019, score the ELBO per pixel alike).
+  map is that loss's decomposition over pixels. Its reconstruction term is the usual VAE score
+  (Baur et al. 2021, above); spreading the KL evenly over the pixels a latent decodes is our
+  choice (Zimmerer et al., "Unsupervised anomaly localization using variational auto-encoders",
+  MICCAI 2019, weigh pixels by the ELBO's gradient instead).
 - ``restoration``: ``|x - x_r|`` where ``x_r`` is ``x`` moved towards the VAE's normal manifold by
   ``restoration_steps`` Adam steps on ``-ELBO(x_r) + tv_weight * TV(x_r - x)``: the ELBO stands in
   for the normative prior ``log p(x_r)``, and the total variation of the change keeps it sparse
