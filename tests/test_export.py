@@ -24,7 +24,7 @@ ONNX_ATOL, ONNX_RTOL = 1e-5, 1e-4
 def test_onnx_matches_eager(config: str, tmp_path: Path) -> None:
     pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
     ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
-    net, ckpt, _ = network_and_weights(config, tmp_path)
+    net, ckpt = network_and_weights(config, tmp_path)
     onnx_path = tmp_path / "model.onnx"
     onnx_export(
         net_id="network_def", filepath=str(onnx_path), ckpt_file=str(ckpt), meta_file=META,

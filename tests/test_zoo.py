@@ -36,15 +36,14 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDVAE_QUIET", "1")
 
 
-def network_and_weights(config: str, tmp_path: Path) -> tuple[torch.nn.Module, Path, bool]:
-    """``network_def`` of ``config``, its checkpoint (the committed one, else fresh weights), and
-    whether TorchScript can script it (the VAE) or must trace it (the heads)."""
+def network_and_weights(config: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    """``network_def`` of ``config`` and its checkpoint (the committed one, else fresh weights)."""
     torch.manual_seed(0)
     net, ckpt = load_bundle_network(f"bundle/configs/{config}")
     if ckpt is None:
         ckpt = tmp_path / f"{Path(config).stem}.pt"
         torch.save(net.state_dict(), ckpt)
-    return net, ckpt, config == "inference.yaml"
+    return net, ckpt
 
 
 def head_data_format(net: torch.nn.Module, meta: dict) -> dict:
@@ -105,7 +104,7 @@ def test_verify_metadata_offline(tmp_path: Path) -> None:
 def test_verify_net_in_out(config: str, tmp_path: Path) -> None:
     overrides = {}
     if config != "inference.yaml":  # a head: the VAE's input, the head's output channels
-        net, _, _ = network_and_weights(config, tmp_path)
+        net, _ = network_and_weights(config, tmp_path)
         overrides["_meta_#network_data_format"] = head_data_format(net, json.loads(Path(META).read_text()))
     verify_net_in_out(
         net_id="network_def", meta_file=META, config_file=f"bundle/configs/{config}", device="cpu", **overrides
@@ -114,26 +113,25 @@ def test_verify_net_in_out(config: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", NETWORKS)
 def test_ckpt_export_torchscript(config: str, tmp_path: Path) -> None:
-    """``ckpt_export`` writes a TorchScript bundle that carries the metadata and config and matches
-    eager PyTorch within ``TS_ATOL`` (same kernels; the observed difference is 0)."""
-    net, ckpt, scriptable = network_and_weights(config, tmp_path)
+    """``ckpt_export`` with no flags (every network scripts, heads too) writes a TorchScript bundle that
+    carries the metadata and config and matches eager PyTorch within ``TS_ATOL`` (same kernels; the
+    observed difference is 0) at any input size."""
+    net, ckpt = network_and_weights(config, tmp_path)
     ts_path = tmp_path / "model.ts"
-    trace = {} if scriptable else {"use_trace": True, "input_shape": [1, 1, 64, 64]}
     ckpt_export(
         net_id="network_def",
         filepath=str(ts_path),
         ckpt_file=str(ckpt),
         meta_file=META,
         config_file=f"bundle/configs/{config}",
-        **trace,
     )
     extra = {"metadata.json": "", Path(config).stem + ".json": ""}
     ts = torch.jit.load(str(ts_path), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.loads(Path(META).read_text())["version"]
     assert "network_def" in json.loads(extra[Path(config).stem + ".json"])
     torch.manual_seed(1)
-    # a scripted network keeps the padding logic, so any size works; a traced one is fixed at 64x64
-    for shape in [(3, 1, 64, 64), (1, 1, 61, 70)] if scriptable else [(3, 1, 64, 64)]:
+    # a scripted network keeps the padding logic, so any size works (a traced one would be fixed at one)
+    for shape in [(3, 1, 64, 64), (1, 1, 61, 70)]:
         x = torch.rand(shape)
         with torch.no_grad():
             torch.testing.assert_close(ts(x), net(x), atol=TS_ATOL, rtol=0)

@@ -29,6 +29,13 @@ __all__ = ["CLASSIFICATION_TASKS", "LatentClassifier", "LatentImageClassifier", 
 CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
 
 
+def crop_to(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """``x`` ``(B, C, *S)`` cropped to its first ``size`` elements on each spatial axis (TorchScript-compatible)."""
+    for d, s in enumerate(size):
+        x = x.narrow(2 + d, 0, s)
+    return x
+
+
 class LatentClassifier(nn.Module):
     """Classification head on a spatial latent: a small residual CNN, then mean and max pooling.
 
@@ -201,13 +208,14 @@ class LatentSegmenter(nn.Module):
             in_ch = out_ch
         self.out = conv(in_ch, num_classes, kernel_size=3, padding=1)
 
-    def forward(self, z: torch.Tensor, skips: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        if self.use_skips and (skips is None or len(skips) != len(self.stages)):
-            raise ValueError(f"LatentSegmenter was built with skips and needs {len(self.stages)} skip features.")
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        n = len(self.stages)
         h = z if self.context is None else self._with_context(z)
         for k, stage in enumerate(self.stages):
             if self.use_skips:
-                h = torch.cat([h, skips[len(self.stages) - 1 - k]], dim=1)
+                if skips is None or len(skips) != n:
+                    raise ValueError("LatentSegmenter was built with skips and needs one skip feature per stage.")
+                h = torch.cat([h, skips[n - 1 - k]], dim=1)
             h = pixelshuffle(stage(h), self.spatial_dims, 2)
         return self.out(F.silu(h))
 
@@ -218,11 +226,12 @@ class LatentSegmenter(nn.Module):
         norm needs more than one."""
         size = z.shape[2:]
         m = self.context_multiple
-        pad = [max((-s) % m, 2 * m - s) for s in size]
-        if any(pad):
-            z = F.pad(z, [p for d in reversed(pad) for p in (0, d)], mode="replicate")
-        h = self.context(z)
-        return h[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
+        pad: list[int] = []  # F.pad's order: last axis first, (before, after) per axis
+        for s in size:
+            pad = [0, max((-s) % m, 2 * m - s)] + pad
+        if sum(pad) > 0:
+            z = F.pad(z, pad, mode="replicate")
+        return crop_to(self.context(z), size)
 
 
 class _LatentImageModel(nn.Module):
@@ -244,14 +253,13 @@ class _LatentImageModel(nn.Module):
         self.head = head
         self.freeze_encoder = freeze_encoder
 
-    def encoder_grad(self) -> torch.set_grad_enabled:
-        """A context that disables gradients into the VAE when the encoder is frozen."""
-        return torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder)
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior ``(mu, sigma)`` of ``x``, without gradients when the encoder is frozen."""
-        with self.encoder_grad():
-            return self.vae.encode(x)
+        """Posterior ``(mu, sigma)`` of ``x``, without gradients when the encoder is frozen (written
+        with ``torch.no_grad``, which TorchScript compiles, unlike ``torch.set_grad_enabled(flag)``)."""
+        if self.freeze_encoder:
+            with torch.no_grad():
+                return self.vae.encode(x)
+        return self.vae.encode(x)
 
 
 class LatentImageClassifier(_LatentImageModel):
@@ -294,19 +302,21 @@ class LatentImageSegmenter(_LatentImageModel):
 
     def encode_with_skips(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """``(mu, sigma, skips)``; ``skips`` are the encoder features from the finest level down
-        (:meth:`~medvae_monai.networks.MedVAE.encode_features`)."""
-        with self.encoder_grad():
-            return self.vae.encode_features(x)
+        (:meth:`~medvae_monai.networks.MedVAE.encode_features`), without gradients when frozen."""
+        if self.freeze_encoder:
+            with torch.no_grad():
+                return self.vae.encode_features(x)
+        return self.vae.encode_features(x)
 
     def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits, mu, sigma)``: the logits cropped to the input size, and the posterior (for a
         reconstruction term when fine-tuning)."""
+        skips: list[torch.Tensor] | None = None
         if self.head.use_skips:
             mu, sigma, skips = self.encode_with_skips(x)
         else:
-            (mu, sigma), skips = self.encode(x), None
-        logits = self.head(mu, skips)
-        return logits[(slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])], mu, sigma
+            mu, sigma = self.encode(x)
+        return crop_to(self.head(mu, skips), x.shape[2:]), mu, sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segment(x)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import List  # TorchScript: typed lists of tensors (encode_features)
 
 import torch
 from monai.networks.blocks import SABlock
@@ -273,14 +274,15 @@ class MedVAE(nn.Module):
         sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # keeps sigma numerically safe
         return mu, sigma
 
-    @torch.jit.unused
-    def encode_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def encode_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """:meth:`encode` that also returns the encoder's features at the end of each level, finest first:
         ``features[i]`` is ``(B, channels[i], *ceil(S / 2 ** (i + 1)))``, the last one the input of
-        :meth:`posterior`. A segmentation head concatenates them in, U-Net style."""
-        self.check_input(x)
+        :meth:`posterior`. A segmentation head concatenates them in, U-Net style. (``List``: TorchScript
+        does not resolve ``list[torch.Tensor]`` in a string annotation.)"""
+        if not torch.jit.is_scripting():  # TorchScript cannot compile the message formatting
+            self.check_input(x)
         h = space_to_depth(self.pad_to_factor(x), self.spatial_dims)
-        features: list[torch.Tensor] = []
+        features = torch.jit.annotate(List[torch.Tensor], [])
         for i, layer in enumerate(self.encoder):
             if i in self.level_ends:
                 features.append(h)
