@@ -33,6 +33,7 @@ __all__ = [
     "dataset_root",
     "output_path_for",
     "safe_relative_name",
+    "source_path",
     "strip_image_suffix",
 ]
 
@@ -48,11 +49,30 @@ def _lexical(path: str | os.PathLike, base: str | os.PathLike | None = None) -> 
     return os.path.normpath(os.path.abspath(p))
 
 
+def source_path(source: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """The absolute, lexical path of an input, however it is listed.
+
+    A relative ``source`` is first read as readers open it, against the working directory: a
+    relative ``--dataset_dir ../data/MedNIST`` lists ``../data/MedNIST/Hand/0.jpeg``. It is taken
+    as relative to ``root`` instead only when that reading neither lies inside ``root`` nor exists,
+    as for a datalist's own ``Hand/0.jpeg`` entries. Without this rule, the same dataset named by a
+    relative or an absolute path would give different output names.
+    """
+    here = _lexical(source)
+    if root is None or os.path.isabs(os.fspath(source)):
+        return here
+    base = _lexical(root)
+    if here == base or here.startswith(base.rstrip(os.sep) + os.sep) or os.path.lexists(here):
+        return here
+    return _lexical(source, base)
+
+
 def safe_relative_name(source: str | os.PathLike, root: str | os.PathLike | None = None) -> PurePosixPath:
     """A relative, ``..``-free name for ``source`` (see the module docstring for the rule).
 
     Args:
-        source: an input path, absolute or relative to ``root`` (or to the working directory).
+        source: an input path: absolute, relative to the working directory (as sources list the
+            files of a relative ``--dataset_dir``), or relative to ``root`` (see :func:`source_path`).
         root: the dataset's root folder (class-folder tree, the datalist's folder), or ``None``.
 
     Raises:
@@ -62,7 +82,7 @@ def safe_relative_name(source: str | os.PathLike, root: str | os.PathLike | None
         src = os.path.normpath(os.fspath(source))
         rel = os.path.basename(src) if os.path.isabs(src) else src
     else:
-        src, base = _lexical(source, _lexical(root)), _lexical(root)
+        src, base = source_path(source, root), _lexical(root)
         try:
             rel = os.path.relpath(src, base)
         except ValueError:  # another drive (Windows): no relative path exists
@@ -170,7 +190,7 @@ def output_path_for(
     name = safe_relative_name(source, root)
     stem = strip_image_suffix(name.name) if ext else name.name
     stem = f"{stem}_{postfix}" if postfix else stem
-    src = _lexical(source, None if root is None else _lexical(root))
+    src = source_path(source, root)
     return contained_path(output_dir, name.with_name(stem + ext), [src] if inputs is None else inputs, root)
 
 

@@ -109,3 +109,23 @@ def test_any_output_path_stays_under_output_dir(
     real = path.resolve()
     assert out.resolve() in real.parents
     assert real != Path(os.path.normpath(os.path.join(root, source))).resolve()
+
+
+def test_a_relative_dataset_dir_names_outputs_as_an_absolute_one_does(tmp_path: Path, monkeypatch) -> None:
+    """``--dataset_dir ../data/MedNIST`` lists ``../data/MedNIST/Hand/0.jpeg``: the output is ``Hand/0.png``,
+    as for the absolute dataset path, not ``data/MedNIST/Hand/0.png`` (the fresh-clone report)."""
+    from medvae_monai.data import ImageSource
+
+    hand = tmp_path / "data" / "MedNIST" / "Hand"
+    hand.mkdir(parents=True)
+    for name in ("0.png", "1.png"):
+        (hand / name).write_bytes(b"x")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    names = set()
+    for root in ("../data/MedNIST", str(tmp_path / "data" / "MedNIST")):
+        source = ImageSource(root)
+        for it in source.items("all"):
+            out = output_path_for(it["image"], tmp_path / "out", source.root, ext=".png")
+            names.add(out.relative_to(tmp_path / "out").as_posix())
+    assert names == {"Hand/0.png", "Hand/1.png"}
