@@ -215,6 +215,20 @@ def test_png16_reconstruction_correlates_with_the_input(tmp_path: Path) -> None:
         assert np.corrcoef(out.ravel(), src.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.slow
+def test_png16_through_inferring_writes_16_bit_pngs(tmp_path: Path) -> None:
+    """Every route out keeps the bit depth: ``inference.yaml`` once failed with "cannot write mode I as PNG"."""
+    data = make_case("png16", tmp_path / "case") / "xray16"
+    run_bundle("inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "run"))
+    outs = sorted((tmp_path / "run" / "reconstructions").rglob("*.png"))
+    assert len(outs) == len(list(data.glob("*.png")))
+    for path in outs:
+        out = np.asarray(Image.open(path))
+        src = np.asarray(Image.open(data / path.name.replace("_recon", "")))
+        assert out.dtype == np.uint16 and out.shape == src.shape
+        assert np.corrcoef(out.ravel(), src.ravel())[0, 1] > 0.9
+
+
 def test_png_palette_is_applied(tmp_path: Path) -> None:
     path = make_case("png-palette", tmp_path / "case") / "palette" / "img0.png"
     x = _load(path)
@@ -228,7 +242,7 @@ def test_png_alpha_modes_are_refused_naming_the_file(tmp_path: Path, mode: str) 
     with pytest.raises(Exception) as info:
         _load(path)
     err = find_input_error(info.value)
-    assert err is not None and str(path) in str(err) and "channel" in str(err)
+    assert err is not None and str(path) in str(err) and "alpha" in str(err) and "in_channels" not in str(err)
 
 
 def _picture(path: Path, mode: str, orientation: int | None) -> np.ndarray:

@@ -71,9 +71,13 @@ class CheckImaged(MapTransform):
                 fix = "convert it to greyscale" if self.channels == 1 else f"give an image with {self.channels} channels"
                 if self.channels == 1 and len(shape) == 4:
                     fix = "for a 4D volume (its 4th axis is read as channels) select one 3D volume"
+                if shape[0] in (2, 4) and len(shape) == 3:  # LA / RGBA: the alpha channel is not image content
+                    fix = "it has an alpha (transparency) channel: flatten it onto a background and save it as greyscale"
+                else:
+                    fix += f", or use a model built with in_channels={shape[0]}"
                 raise InputError(
                     f"{src}: the model takes {self.channels} channel(s), the image under '{key}' has {shape[0]} "
-                    f"(shape {shape}); {fix}, or use a model built with in_channels={shape[0]}."
+                    f"(shape {shape}); {fix}."
                 )
             if min(shape[1:]) < self.min_size:
                 raise InputError(

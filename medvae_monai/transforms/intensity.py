@@ -218,7 +218,7 @@ class RestoreUnits(Transform):
         scale = (p["a_max"] - p["a_min"]) / (p["b_max"] - p["b_min"])
         out = (img - p["b_min"]) * scale + p["a_min"]  # linear: a decoder's overshoot is kept, not clipped
         if self.picture_dtype and p["a_min"] == 0 and p["a_max"] in (255.0, 65535.0):
-            out = out.round().clamp(0, p["a_max"]).to(torch.uint8 if p["a_max"] == 255 else torch.int32)
+            out = out.round().clamp(0, p["a_max"]).to(torch.uint8 if p["a_max"] == 255 else torch.uint16)
         return out
 
 
