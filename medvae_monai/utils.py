@@ -14,7 +14,7 @@ import torch
 from .errors import InputError
 
 __all__ = [
-    "atomic_write", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "decode_class_names",
+    "atomic_write", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "classifier_class_names", "decode_class_names",
     "ensure_writable_dir", "load_state_dict", "load_weights",
 ]  # fmt: skip
 
@@ -116,6 +116,31 @@ def checkpoint_class_names(path: str | os.PathLike | None) -> list[str] | None:
         state = state["network"]  # a full training checkpoint (last.pt)
     keys = [k for k in state if k == CLASS_NAMES_KEY or k.endswith("." + CLASS_NAMES_KEY)] if isinstance(state, dict) else []
     return decode_class_names(state[keys[0]]) if keys else None
+
+
+def classifier_class_names(
+    trained: list[str] | None, dataset: list[str] | None, ckpt_path: str | os.PathLike | None
+) -> list[str]:
+    """The classifier's class names: those ``ckpt_path`` keeps, else the dataset's class folders.
+
+    Raises:
+        InputError: fewer than two names, naming the cause: ``ckpt_path`` does not exist, or keeps no
+            class names (not a classifier checkpoint), or the dataset has fewer than two class folders.
+    """
+    names = list(trained or dataset or [])
+    if len(names) >= 2:
+        return names
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise InputError(
+            f"checkpoint {str(ckpt_path)!r} does not exist; pass a classifier's model.pt with --ckpt_path "
+            "(train_classifier.yaml writes one)."
+        )
+    if ckpt_path:
+        raise InputError(
+            f"{ckpt_path}: keeps no class names (is it a classifier checkpoint?) and the dataset gives {names}; "
+            "pass a classifier's model.pt with --ckpt_path, or the names with --class_names \"['a', 'b']\"."
+        )
+    raise InputError(f"the dataset gives {len(names)} class(es) {names}; a classifier needs at least 2 class folders, or --class_names.")
 
 
 def _conv_dims(state: dict) -> int | None:

@@ -130,3 +130,36 @@ def test_lung_ct_3d_classifier_on_phantoms_and_an_msd_datalist(tmp_path):
     assert rows and all(r["source"].endswith(".nii.gz") and r["prediction"] in PHANTOM_CLASSES for r in rows)
     for r in rows:
         assert sum(float(r[f"p_{c}"]) for c in PHANTOM_CLASSES) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_infer_classifier_without_its_checkpoint_names_the_checkpoint(tmp_path):
+    """A flat folder and no classifier checkpoint: the error names --ckpt_path, not 'num_classes ... got 0'."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)).save(flat / f"{i}.png")
+    missing = tmp_path / "classifier.pt"
+    proc = run_bundle(
+        "inferring", "bundle/configs/infer_classifier.yaml", "--dataset_dir", str(flat), "--ckpt_path", str(missing),
+        "--output_dir", str(tmp_path / "out"), check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"checkpoint '{missing}' does not exist" in proc.stdout and "--ckpt_path" in proc.stdout
+    assert "num_classes" not in proc.stdout
+
+
+def test_classifier_class_names_say_why_there_are_too_few(tmp_path):
+    import torch
+
+    from medvae_monai.errors import InputError
+    from medvae_monai.utils import classifier_class_names
+
+    assert classifier_class_names(None, ["a", "b"], None) == ["a", "b"]
+    assert classifier_class_names(["x", "y"], ["a"], None) == ["x", "y"]
+    seg = tmp_path / "seg.pt"
+    torch.save({"w": torch.zeros(1)}, seg)
+    with pytest.raises(InputError, match="keeps no class names"):
+        classifier_class_names(None, [], seg)
+    with pytest.raises(InputError, match="at least 2 class folders"):
+        classifier_class_names(None, ["only"], None)
