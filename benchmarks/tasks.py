@@ -144,15 +144,19 @@ class Budget:
 
 
 class BestOnValidation:
-    """Scores a network on the validation split and keeps a copy of its best state."""
+    """Scores a network on the validation split and keeps a copy of its best state.
 
-    def __init__(self, network: torch.nn.Module, spec: dict, val: list[dict], names: list[str]) -> None:
+    ``score`` (network -> float) replaces :func:`evaluate` on ``val``, e.g. for a head scored on
+    cached latents."""
+
+    def __init__(self, network: torch.nn.Module, spec: dict, val: list[dict], names: list[str], score=None) -> None:
         self.network, self.spec, self.val, self.names = network, spec, val, names
         self.metric = "dice" if spec["type"] == "seg" else "auroc"
+        self.score = score or (lambda net: evaluate(net, spec, val, names)[self.metric])
         self.best, self.state, self.history = -1.0, None, []
 
-    def __call__(self) -> None:
-        score = evaluate(self.network, self.spec, self.val, self.names)[self.metric] or 0.0
+    def __call__(self, _engine=None) -> None:
+        score = self.score(self.network) or 0.0
         self.history.append(round(score, 4))
         if score > self.best:
             self.best, self.state = score, copy.deepcopy(self.network.state_dict())

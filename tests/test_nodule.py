@@ -9,7 +9,16 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medvae_monai.transforms import NoduleCrop, NoduleCropd, nodule_centre, nodule_preprocessing
+from medvae_monai.errors import InputError
+from medvae_monai.networks import LatentClassifierEnsemble, LatentImageClassifier, MedVAE
+from medvae_monai.transforms import (
+    NUM_CUBE_ORIENTATIONS,
+    NoduleCrop,
+    NoduleCropd,
+    nodule_centre,
+    nodule_preprocessing,
+    orient_cube,
+)
 from tests.conftest import data_path, run_bundle
 
 
@@ -26,6 +35,40 @@ def test_nodule_crop_centres_the_mask_and_pads_at_the_border():
     assert torch.equal(d["image"], out) and d["mask"][0, 4, 4, 4] == 1
     # no mask: the volume's centre
     assert NoduleCrop(8)(img)[0, 4, 4, 4] == img[0, 10, 10, 3]
+
+
+def test_orient_cube_gives_sixteen_distinct_invertible_views():
+    x = torch.randn(2, 1, 4, 4, 4)
+    views = [orient_cube(x, i) for i in range(NUM_CUBE_ORIENTATIONS)]
+    assert torch.equal(views[0], x) and all(v.shape == x.shape for v in views)
+    assert len({v.numpy().tobytes() for v in views}) == NUM_CUBE_ORIENTATIONS  # all different for a generic cube
+    assert torch.equal(orient_cube(x, 8), x.transpose(2, 3)) and torch.equal(orient_cube(x, 5), x.flip([2, 4]))
+    for i in range(NUM_CUBE_ORIENTATIONS):  # each view is one of the 16 again after any other: a group
+        assert any(torch.equal(orient_cube(views[i], 13), v) for v in views)
+    with pytest.raises(InputError, match="0..15"):
+        orient_cube(x, NUM_CUBE_ORIENTATIONS)
+
+
+def test_classifier_averaged_over_orientations_is_invariant_to_them():
+    torch.manual_seed(0)
+    vae = MedVAE(3, 1, latent_channels=2, channels=(4,), downsample_factor=2).eval()
+    head = LatentClassifierEnsemble(2, spatial_dims=3, latent_channels=2, num_classes=2, task="binary", channels=(4,))
+    net = LatentImageClassifier(vae, head, orientations=NUM_CUBE_ORIENTATIONS).eval()
+    x = torch.rand(3, 1, 8, 8, 8)
+    with torch.no_grad():
+        logits = net(x)
+        manual = torch.stack([torch.stack([h(vae.encode(orient_cube(x, o))[0]) for h in head.heads]).mean(0)
+                              for o in range(NUM_CUBE_ORIENTATIONS)]).mean(0)
+        assert torch.allclose(logits, manual, atol=1e-5)
+        assert torch.allclose(net(orient_cube(x, 11)), logits, atol=1e-5)  # averaging over a group
+        assert not torch.allclose(LatentImageClassifier(vae, head)(orient_cube(x, 11)), LatentImageClassifier(vae, head)(x))
+        assert net.sample_logits(x, 4).shape == (4, 3, 2)
+        assert torch.allclose(torch.jit.script(net)(x), logits, atol=1e-6)  # exports like every head (ckpt_export)
+    with pytest.raises(InputError, match="num_heads"):
+        LatentClassifierEnsemble(0, spatial_dims=3, latent_channels=2, num_classes=2)
+    with pytest.raises(InputError, match="orientations"):
+        LatentImageClassifier(MedVAE(2, 1, latent_channels=2), LatentClassifierEnsemble(1, spatial_dims=2, latent_channels=2,
+                                                                                         num_classes=2), orientations=4)
 
 
 def test_nodule_preprocessing_on_lidc_voi():

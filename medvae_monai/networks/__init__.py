@@ -1,6 +1,7 @@
 from .heads import (
     CLASSIFICATION_TASKS,
     LatentClassifier,
+    LatentClassifierEnsemble,
     LatentImageClassifier,
     LatentImageSegmenter,
     LatentSegmenter,
@@ -11,6 +12,7 @@ from .wrappers import VAEDecoder, VAEEncoderMean, VAEReconstruction
 __all__ = [
     "CLASSIFICATION_TASKS",
     "LatentClassifier",
+    "LatentClassifierEnsemble",
     "LatentImageClassifier",
     "LatentImageSegmenter",
     "LatentSegmenter",

@@ -21,10 +21,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
+from ..transforms.nodule import NUM_CUBE_ORIENTATIONS, orient_cube
 from ..utils import CLASS_NAMES_KEY, decode_class_names
 from .vae import MedVAE, ResBlock
 
-__all__ = ["CLASSIFICATION_TASKS", "LatentClassifier", "LatentImageClassifier", "LatentImageSegmenter", "LatentSegmenter"]
+__all__ = [
+    "CLASSIFICATION_TASKS",
+    "LatentClassifier",
+    "LatentClassifierEnsemble",
+    "LatentImageClassifier",
+    "LatentImageSegmenter",
+    "LatentSegmenter",
+]
 
 CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
 
@@ -118,6 +126,33 @@ class LatentClassifier(nn.Module):
         """Class probabilities ``(..., num_classes)`` from logits of that shape: softmax over the last axis,
         or per-label sigmoid for ``multilabel``."""
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=-1)
+
+
+class LatentClassifierEnsemble(nn.Module):
+    """``num_heads`` :class:`LatentClassifier` heads of one architecture, trained from different
+    seeds; the logits are their mean (a deep ensemble, Lakshminarayanan et al., NeurIPS 2017).
+
+    Args:
+        num_heads: heads in the ensemble, at least 1.
+        kwargs: :class:`LatentClassifier`'s arguments, the same for every head.
+
+    Shapes:
+        ``z``: ``(B, latent_channels, *L)`` -> logits ``(B, num_classes)``.
+    """
+
+    probabilities = LatentClassifier.probabilities
+
+    def __init__(self, num_heads: int, **kwargs) -> None:
+        super().__init__()
+        if int(num_heads) < 1:
+            raise InputError(f"LatentClassifierEnsemble: num_heads must be at least 1, got {num_heads}.")
+        self.heads = nn.ModuleList(LatentClassifier(**kwargs) for _ in range(int(num_heads)))
+        first = self.heads[0]
+        self.spatial_dims, self.latent_channels, self.num_classes, self.task = (
+            first.spatial_dims, first.latent_channels, first.num_classes, first.task)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([head(z) for head in self.heads]).mean(0)
 
 
 class LatentSegmenter(nn.Module):
@@ -267,17 +302,37 @@ class LatentImageClassifier(_LatentImageModel):
 
     Args:
         vae: the :class:`~medvae_monai.networks.MedVAE` whose posterior mean the head reads.
-        head: a :class:`LatentClassifier`.
+        head: a :class:`LatentClassifier` or :class:`LatentClassifierEnsemble`.
         freeze_encoder: train the head only (True) or fine-tune the encoder with it (False).
+        orientations: test-time augmentation for 3D nodule cubes: the logits are the mean over the
+            first ``orientations`` of :func:`~medvae_monai.transforms.orient_cube`'s flips and
+            in-plane rotations (1: the image as given; at most 16).
+
+    Raises:
+        InputError: ``orientations`` outside 1..16, or above 1 for a 2D VAE.
     """
 
+    def __init__(self, vae: MedVAE, head: nn.Module, freeze_encoder: bool = True, orientations: int = 1) -> None:
+        super().__init__(vae, head, freeze_encoder)
+        if not 1 <= int(orientations) <= NUM_CUBE_ORIENTATIONS or (int(orientations) > 1 and vae.spatial_dims != 3):
+            raise InputError(f"LatentImageClassifier: orientations must be 1..{NUM_CUBE_ORIENTATIONS}, and 1 for a 2D "
+                             f"VAE, got {orientations} for a {vae.spatial_dims}D VAE.")
+        self.orientations = int(orientations)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(x)[0])
+        logits = self.head(self.encode(x)[0])
+        for i in range(1, self.orientations):  # a loop, not a comprehension: TorchScript compiles it
+            logits = logits + self.head(self.encode(orient_cube(x, i))[0])
+        return logits / self.orientations
 
     def sample_logits(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Logits for ``num_samples`` posterior samples ``z ~ q(z | x)``: ``(num_samples, B, num_classes)``."""
-        mu, sigma = self.encode(x)
-        return torch.stack([self.head(self.vae.sample(mu, sigma)) for _ in range(num_samples)])
+        """Logits for ``num_samples`` posterior samples ``z ~ q(z | x)``: ``(num_samples, B, num_classes)``
+        (each sample's logits averaged over the orientations)."""
+        per_view = []
+        for v in (orient_cube(x, i) for i in range(self.orientations)):
+            mu, sigma = self.encode(v)
+            per_view.append(torch.stack([self.head(self.vae.sample(mu, sigma)) for _ in range(num_samples)]))
+        return torch.stack(per_view).mean(0)
 
 
 class LatentImageSegmenter(_LatentImageModel):

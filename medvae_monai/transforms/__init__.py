@@ -18,10 +18,12 @@ from .nodule import (
     NODULE_CUBE,
     NODULE_HU_WINDOW,
     NODULE_SPACING_MM,
+    NUM_CUBE_ORIENTATIONS,
     NoduleCrop,
     NoduleCropd,
     nodule_centre,
     nodule_preprocessing,
+    orient_cube,
 )
 from .region import ForegroundToSize, ForegroundToSized
 from .latent import (
@@ -57,6 +59,7 @@ __all__ = [
     "NODULE_CUBE",
     "NODULE_HU_WINDOW",
     "NODULE_SPACING_MM",
+    "NUM_CUBE_ORIENTATIONS",
     "NoduleCrop",
     "NoduleCropd",
     "attach_latent_geometry",
@@ -66,6 +69,7 @@ __all__ = [
     "latent_affine",
     "nodule_centre",
     "nodule_preprocessing",
+    "orient_cube",
     "restore_image_geometry",
     "window_bounds",
 ]

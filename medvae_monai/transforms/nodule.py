@@ -23,6 +23,7 @@ nodule's bounding box plus ~20 voxels in-plane and ~1 slice in z, median extent 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import List
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from monai.transforms import (
     Transform,
 )
 
+from ..errors import InputError
 from .checks import CheckImaged, CheckImageMaskd
 from .intensity import CTWindowd
 from .io import LoadImageCheckedd
@@ -46,15 +48,20 @@ __all__ = [
     "NODULE_CUBE",
     "NODULE_HU_WINDOW",
     "NODULE_SPACING_MM",
+    "NUM_CUBE_ORIENTATIONS",
     "NoduleCrop",
     "NoduleCropd",
     "nodule_centre",
     "nodule_preprocessing",
+    "orient_cube",
 ]
 
 NODULE_SPACING_MM = 1.0
 NODULE_CUBE = 32
 NODULE_HU_WINDOW = (-300.0, 1400.0)  # (level, width) in HU: -1000 ... +400
+# flips of the three axes x {identity, in-plane transpose}: with the flips, the four 90-degree
+# rotations in the axial plane; a nodule has no preferred side, and at 1 mm isotropic these are exact
+NUM_CUBE_ORIENTATIONS = 16
 
 
 def nodule_centre(mask: torch.Tensor | np.ndarray | None, spatial_shape: Sequence[int]) -> list[int]:
@@ -72,6 +79,34 @@ def nodule_centre(mask: torch.Tensor | np.ndarray | None, spatial_shape: Sequenc
         if len(nz):
             return [int((lo + hi) // 2) for lo, hi in zip(nz.amin(0).tolist(), nz.amax(0).tolist())]
     return [int(s) // 2 for s in spatial_shape]
+
+
+def orient_cube(x: torch.Tensor, index: int) -> torch.Tensor:
+    """One of the :data:`NUM_CUBE_ORIENTATIONS` orientations of a nodule cube, for augmentation and
+    test-time averaging.
+
+    Args:
+        x: ``(..., X, Y, Z)``: the last three axes are spatial, X and Y in the axial plane.
+        index: 0 (unchanged) to 15; bits 0-2 flip X, Y, Z, bit 3 swaps X and Y (before the flips).
+
+    Returns:
+        a tensor of ``x``'s shape (X and Y swapped for ``index >= 8``).
+
+    Raises:
+        InputError: ``index`` outside 0..15 or fewer than three axes.
+    """
+    if not 0 <= index < 16 or x.dim() < 3:  # 16 = NUM_CUBE_ORIENTATIONS (TorchScript reads no global)
+        if not torch.jit.is_scripting():  # TorchScript cannot compile the message formatting
+            raise InputError(f"orient_cube: index must be in 0..15 for a (..., X, Y, Z) tensor, "
+                             f"got {index} for shape {tuple(x.shape)}.")
+        raise ValueError("orient_cube: index must be in 0..15 for a (..., X, Y, Z) tensor.")
+    if index & 8:
+        x = x.transpose(-3, -2)
+    dims: List[int] = []
+    for bit, dim in ((1, -3), (2, -2), (4, -1)):
+        if index & bit:
+            dims.append(dim)
+    return x.flip(dims) if len(dims) > 0 else x
 
 
 class NoduleCrop(Transform):
