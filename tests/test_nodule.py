@@ -121,3 +121,18 @@ def test_committed_nodule_model_evaluates_and_infers_an_lidc_csv(tmp_path):
     for r in out:
         assert float(r["p_benign"]) + float(r["p_malignant"]) == pytest.approx(1.0, abs=1e-4)
         assert float(r["std_malignant"]) >= 0 and r["prediction"] in ("benign", "malignant")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, run_id", [("evaluate_nodule", "evaluating"), ("infer_nodule", "inferring")])
+def test_nodule_configs_take_help_and_max_items(tmp_path, config, run_id):
+    """Every config answers --help with its run ids and takes --max_items (the fresh-clone report)."""
+    root = data_path("LIDC-IDRI-NoduleVOIs")
+    helped = run_bundle(run_id, f"bundle/configs/{config}.yaml", "--help")
+    assert f"run ids: {run_id}" in helped.stdout and "max_items" in helped.stdout
+    out = tmp_path / "out"
+    run_bundle(run_id, f"bundle/configs/{config}.yaml", "--dataset_dir", str(root), "--split", "test", "--max_items", "3", "--output_dir", str(out))
+    if run_id == "evaluating":
+        assert json.loads((out / "metrics.json").read_text())["n_images"] == 3
+    else:
+        assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 3
