@@ -175,11 +175,12 @@ class EntropyCodec(nn.Module):
         return self.synthesis(y_st, level), bits.flatten(1).sum(1)
 
     @torch.no_grad()
-    def quantise(self, x: torch.Tensor, level: int) -> torch.Tensor:
+    def quantise(self, x: torch.Tensor, level: int, rdoq_iterations: int = 0) -> torch.Tensor:
         """Integer latents (int32) of images ``(B, 1, H, W)`` or volumes ``(B, 1, X, Y, Z)`` in [0, 1].
 
         Sides are padded (edge values) to multiples of 8; volumes are coded slice by slice along
-        the last axis, giving ``(B, M, ceil(X/8), ceil(Y/8), Z)``.
+        the last axis, giving ``(B, M, ceil(X/8), ceil(Y/8), Z)``. With ``rdoq_iterations`` the
+        rounded latent is then improved by :meth:`rdoq` (the decoder is unchanged).
         """
         if x.shape[1] != 1:
             raise ValueError(f"the entropy codec codes one-channel images, got {x.shape[1]} channels")
@@ -189,10 +190,71 @@ class EntropyCodec(nn.Module):
             x = x.permute(0, 4, 1, 2, 3).reshape(b * z, 1, *x.shape[2:4])
         f = self.factor
         pad = (0, -x.shape[3] % f, 0, -x.shape[2] % f)
-        y = torch.round(self.analysis(F.pad(x, pad, mode="replicate"), level)).to(torch.int32)
+        y = torch.round(self.analysis(F.pad(x, pad, mode="replicate"), level))
+        if rdoq_iterations > 0:
+            y = self.rdoq(x, y, level, rdoq_iterations)
+        y = y.to(torch.int32)
         if volume:
             y = y.reshape(b, z, *y.shape[1:]).permute(0, 2, 3, 4, 1)
         return y.contiguous()
+
+    def rdoq(self, x: torch.Tensor, y: torch.Tensor, level: int, iterations: int) -> torch.Tensor:
+        """Rate-distortion optimised quantisation of a rounded latent, image by image.
+
+        Each iteration takes the gradient of the training Lagrangian ``bits per pixel + lambda *
+        255^2 * MSE`` (on the unpadded image) with respect to the integer latent, moves the
+        elements with the largest gradient one step against it (the top 0.2% to 5%: five
+        candidates), and keeps, for each image, the candidate with the lowest true Lagrangian, or
+        the current latent if none is lower. So the cost never rises, every image is searched on its
+        own (batch composition does not change the result), and the decoder is unchanged.
+
+        Method: rate-distortion optimised quantisation as in video encoders (Karczewicz et al.,
+        "Rate distortion optimized quantization", ITU-T VCEG-AH21, 2008), with the candidates
+        chosen by the gradient of the learned codec, in the spirit of encoder-side latent
+        optimisation (Campos et al., "Content adaptive optimization for neural image
+        compression", CVPR Workshops 2019). Measured in ``benchmarks/rate_distortion.py``.
+
+        Args:
+            x: images ``(B, 1, H, W)`` in [0, 1] (unpadded).
+            y: their rounded latents ``(B, M, ceil(H/8), ceil(W/8))`` at ``level`` (float).
+            iterations: search iterations (each: one gradient and five trial decodes).
+
+        Returns:
+            The improved latent, same shape, integer-valued floats within the coder's tables.
+        """
+        h, w = x.shape[2:]
+        lam = self.hparams["lambdas"][level] * 255**2
+        density = self.densities[level]
+        lo = hi = None
+        if self.tables is not None:
+            lo = self.tables["lo"][level].to(y).view(1, -1, 1, 1)
+            hi = lo + self.tables["length"][level].to(y).view(1, -1, 1, 1) - 1
+            y = torch.minimum(torch.maximum(y, lo), hi)
+
+        def cost(q: torch.Tensor) -> torch.Tensor:
+            bits = -torch.log2(density.likelihood(q)).flatten(1).sum(1)
+            mse = (self.synthesis(q, level)[..., :h, :w] - x).square().flatten(1).mean(1)
+            return bits / (h * w) + lam * mse
+
+        best = cost(y)
+        for _ in range(iterations):
+            with torch.enable_grad():
+                q = y.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(cost(q).sum(), q)
+            score = grad.abs().flatten(1)
+            step = torch.sign(grad)
+            current = y
+            for frac in (0.002, 0.005, 0.01, 0.02, 0.05):
+                k = max(1, int(frac * score.shape[1]))
+                moved = (score >= score.topk(k, 1).values[:, -1:]).view_as(y)
+                trial = current - step * moved
+                if lo is not None:
+                    trial = torch.minimum(torch.maximum(trial, lo), hi)
+                c = cost(trial)
+                better = c < best
+                y = torch.where(better.view(-1, 1, 1, 1), trial, y)
+                best = torch.where(better, c, best)
+        return y
 
     @torch.no_grad()
     def reconstruct(self, y: torch.Tensor, level: int, shape: tuple[int, ...]) -> torch.Tensor:

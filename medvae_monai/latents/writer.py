@@ -144,6 +144,7 @@ def encode_dataset(
     codec: str = "none",
     codec_path: str | os.PathLike | None = None,
     codec_level: int | None = None,
+    codec_rdoq_iterations: int = 8,
 ) -> LatentStore:
     """Encode ``split`` of ``dataset_dir`` into a latent store at ``output_dir`` (resumable).
 
@@ -172,6 +173,9 @@ def encode_dataset(
         codec_path: the :class:`~medvae_monai.latents.codec.EntropyCodec` checkpoint.
         codec_level: the codec's rate point, 0 (fewest bytes) to ``num_levels - 1``; default: the
             checkpoint's ``default_level``.
+        codec_rdoq_iterations: rate-distortion optimised quantisation of each coded latent
+            (:meth:`~medvae_monai.latents.codec.EntropyCodec.rdoq`); 0 rounds only. Same decoder
+            and format; each iteration costs one gradient and five trial decodes per image.
 
     Returns:
         The finished :class:`LatentStore` (under torchrun: once every rank has finished).
@@ -193,6 +197,8 @@ def encode_dataset(
         codec_level = coder_net.default_level if codec_level is None else int(codec_level)
         if not 0 <= codec_level < coder_net.num_levels:
             raise InputError(f"codec_level must be in 0..{coder_net.num_levels - 1}, got {codec_level}.")
+        if int(codec_rdoq_iterations) < 0:
+            raise InputError(f"codec_rdoq_iterations must be 0 or more, got {codec_rdoq_iterations}.")
     elif network is None:
         raise InputError("codec 'none' stores the VAE's latents: pass the network.")
     if network is not None:
@@ -233,15 +239,17 @@ def encode_dataset(
     }
     if coder_net is not None:
         meta.update(ckpt_path=str(Path(codec_path).resolve()), codec_level=codec_level, tables_sha256=coder_net.tables_sha256)
+        if codec_rdoq_iterations:  # stores written before RDOQ existed have no such key (0)
+            meta["codec_rdoq_iterations"] = int(codec_rdoq_iterations)
         coder_net.to(device)
     store_file = contained_path(out, STORE_FILE, input_root=root)
     if store_file.exists():
         old = LatentStore(out).meta
-        changed = sorted(k for k in meta if old.get(k) != meta[k] and k != "ckpt_path")
+        changed = sorted(k for k in meta.keys() | old.keys() if old.get(k) != meta.get(k) and k != "ckpt_path")
         if changed:
             raise InputError(
                 f"{out}: already holds a latent store with different {', '.join(changed)} (e.g. {changed[0]}: "
-                f"{old.get(changed[0])!r} there, {meta[changed[0]]!r} now). Choose another --output_dir, or delete "
+                f"{old.get(changed[0])!r} there, {meta.get(changed[0])!r} now). Choose another --output_dir, or delete "
                 "that folder to re-encode."
             )
     else:  # every rank writes the same bytes, atomically: no rank has to wait for another
@@ -268,7 +276,7 @@ def encode_dataset(
                 [convert_to_tensor(d["image"], dtype=torch.float32, track_meta=False) for _, d in batch]
             )
             if coder_net is not None:
-                latents = coder_net.quantise(images.to(device), codec_level).cpu().numpy()
+                latents = coder_net.quantise(images.to(device), codec_level, int(codec_rdoq_iterations)).cpu().numpy()
             elif tile_size is not None and max(images.shape[2:]) > tile_size:
                 latents = tiled_encode(network, images, tile_size, overlap, device).numpy()
             else:
