@@ -88,6 +88,15 @@ def test_rate_estimate_matches_bytes_and_size_counts_every_file(codec_file, tmp_
     assert len(every) == 1 + 2 * 3 and store.nbytes() == sum(p.stat().st_size for p in every)
 
 
+def test_resume_with_other_rdoq_setting_is_refused_by_name(codec_file, tmp_path):
+    """RDOQ changes the bytes, so a store is only resumed with the setting it was written with."""
+    _encode(None, tmp_path / "store", codec_file, max_items=4, codec_rdoq_iterations=0)
+    with pytest.raises(InputError, match="codec_rdoq_iterations"):
+        _encode(None, tmp_path / "store", codec_file, max_items=4)
+    with pytest.raises(InputError, match="codec_rdoq_iterations must be 0 or more"):
+        _encode(None, tmp_path / "other", codec_file, max_items=4, codec_rdoq_iterations=-1)
+
+
 def test_damaged_bitstream_names_the_item(picture_folder, codec_file, tmp_path):  # noqa: F811
     _encode(picture_folder, tmp_path / "store", codec_file, shard_size=6)
     before = _tree(tmp_path / "store")
