@@ -128,8 +128,9 @@ if sys.argv[3] == "slow":  # slow each batch down so that the kill lands mid-run
         c.g_a.register_forward_hook(lambda *a: time.sleep(0.25))
         return c
     w.load_codec = slow
+# one RDOQ iteration: the search is resumed too, at an eighth of the default's cost
 encode_dataset(MedVAE(2, 1), None, sys.argv[1], max_items=48, shard_size=8, batch_size=4, codec="entropy",
-               codec_path=sys.argv[2])
+               codec_path=sys.argv[2], codec_rdoq_iterations=1)
 """
 
 
