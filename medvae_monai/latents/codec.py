@@ -236,11 +236,12 @@ class EntropyCodec(nn.Module):
             mse = (self.synthesis(q, level)[..., :h, :w] - x).square().flatten(1).mean(1)
             return bits / (h * w) + lam * mse
 
-        best = cost(y)
         for _ in range(iterations):
             with torch.enable_grad():
                 q = y.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(cost(q).sum(), q)
+                current_cost = cost(q)
+                (grad,) = torch.autograd.grad(current_cost.sum(), q)
+            best = current_cost.detach()  # the gradient pass's forward is the current latent's cost
             score = grad.abs().flatten(1)
             step = torch.sign(grad)
             current = y
