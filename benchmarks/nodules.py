@@ -259,7 +259,7 @@ def run(args) -> tuple[dict, dict, list[dict]]:
     heads, records = [], []
     for seed in range(args.seeds):
         set_determinism(seed=seed)
-        net = LatentImageClassifier(vae, LatentClassifier(3, 4, 2, "binary", HEAD_CHANNELS), freeze_encoder=True)
+        net = LatentImageClassifier(vae, LatentClassifier(**HEAD_KW), freeze_encoder=True)
         opt = torch.optim.AdamW(net.head.parameters(), args.head_lr, weight_decay=1e-2)
         sched = LrScheduleHandler(torch.optim.lr_scheduler.OneCycleLR(opt, args.head_lr, total_steps=steps), epoch_level=False)
         records.append(fit(HeadTrainer, args.head_epochs, cap, latents, net, opt, loss,

@@ -203,7 +203,7 @@ def pictures_2d(name: str, folder: Path, split: str, n: int | None, codec_path: 
     pics = [np.asarray(Image.open(it["image"]).convert("L")) for it in items]
     originals = float(np.mean([Path(it["image"]).stat().st_size for it in items]))
     points = peers_2d(pics)
-    extra = {}
+    extra, default_level = {}, load_codec(codec_path).default_level
     # the product as shipped (RDOQ at encoding), and the same codec with rounding only (the ablation)
     for label, iterations in ((PRODUCT, RDOQ_ITERATIONS), (f"{PRODUCT}, rounding only", 0)):
         for level, rate, recons, store, seconds in product(
@@ -212,7 +212,7 @@ def pictures_2d(name: str, folder: Path, split: str, n: int | None, codec_path: 
             recons = [r.T for r in recons]  # MONAI's PIL reader is (x, y): back to the file's rows
             points.append(point(label, level, rate, recons, [p / 255.0 for p in pics]))
             points[-1]["encode_images_per_s"] = round(len(store) / seconds, 1)
-            if level == load_codec(codec_path).default_level and name == "MedNIST" and iterations:
+            if level == default_level and name == "MedNIST" and iterations:
                 extra["store_format"] = zarr_comparison(store, work)
     return {**finish(name, len(pics), originals, points, "WebP", span), **extra}
 

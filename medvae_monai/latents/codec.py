@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .coding import table_bounds
+
 __all__ = ["CODEC_FORMAT", "EntropyCodec", "FactorizedDensity", "GDN", "load_codec", "save_codec"]
 
 CODEC_FORMAT = "medvae-entropy-codec/1"
@@ -227,9 +229,8 @@ class EntropyCodec(nn.Module):
         density = self.densities[level]
         lo = hi = None
         if self.tables is not None:
-            lo = self.tables["lo"][level].to(y).view(1, -1, 1, 1)
-            hi = lo + self.tables["length"][level].to(y).view(1, -1, 1, 1) - 1
-            y = torch.minimum(torch.maximum(y, lo), hi)
+            lo, hi = (b.to(y).view(1, -1, 1, 1) for b in table_bounds(self.tables, level))
+            y = y.clamp(lo, hi)
 
         def cost(q: torch.Tensor) -> torch.Tensor:
             bits = -torch.log2(density.likelihood(q)).flatten(1).sum(1)
@@ -250,7 +251,7 @@ class EntropyCodec(nn.Module):
                 moved = (score >= score.topk(k, 1).values[:, -1:]).view_as(y)
                 trial = current - step * moved
                 if lo is not None:
-                    trial = torch.minimum(torch.maximum(trial, lo), hi)
+                    trial = trial.clamp(lo, hi)
                 c = cost(trial)
                 better = c < best
                 y = torch.where(better.view(-1, 1, 1, 1), trial, y)

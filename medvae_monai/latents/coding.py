@@ -18,12 +18,19 @@ import constriction
 import numpy as np
 import torch
 
-__all__ = ["TableCoder", "check16"]
+__all__ = ["TableCoder", "check16", "table_bounds"]
 
 
 def check16(y: np.ndarray) -> int:
     """16-bit check of an integer latent (the low half of its CRC-32), to name a damaged item."""
     return zlib.crc32(np.ascontiguousarray(y, dtype=np.int32).tobytes()) & 0xFFFF
+
+
+def table_bounds(tables: dict[str, torch.Tensor], level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)``, each ``(M,)`` int64: the first and last symbol of each channel's table at
+    ``level``; coded latents are clamped into them (by :meth:`TableCoder.clamp` and RDOQ alike)."""
+    lo = tables["lo"][level]
+    return lo, lo + tables["length"][level] - 1
 
 
 class TableCoder:
@@ -42,6 +49,7 @@ class TableCoder:
     def __init__(self, tables: dict[str, torch.Tensor], level: int) -> None:
         t = {k: v.numpy().astype(np.int64) for k, v in tables.items()}
         self.lo, self.length = t["lo"][level], t["length"][level]
+        self.hi = table_bounds(tables, level)[1].numpy()
         self.freqs = [t["freq"][o : o + n] for o, n in zip(t["offset"][level], self.length)]
         self.log2p = [np.log2(f / 2.0**self.precision) for f in self.freqs]
         # perfect=False: a deterministic, fast quantisation that keeps frequencies that are
@@ -54,8 +62,7 @@ class TableCoder:
     def clamp(self, y: np.ndarray) -> np.ndarray:
         """``y`` ``(M, *L)`` rounded values clamped into each channel's table, int32."""
         shape = (-1,) + (1,) * (y.ndim - 1)
-        lo, hi = self.lo.reshape(shape), (self.lo + self.length - 1).reshape(shape)
-        return np.clip(y, lo, hi).astype(np.int32)
+        return np.clip(y, self.lo.reshape(shape), self.hi.reshape(shape)).astype(np.int32)
 
     def bits(self, y: np.ndarray) -> float:
         """Information content of a clamped latent under the tables, in bits (the rate estimate)."""
