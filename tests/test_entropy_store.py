@@ -97,6 +97,31 @@ def test_resume_with_other_rdoq_setting_is_refused_by_name(codec_file, tmp_path)
         _encode(None, tmp_path / "other", codec_file, max_items=4, codec_rdoq_iterations=-1)
 
 
+def test_moved_store_finds_its_codec_by_name_and_hash(codec_file, tmp_path):
+    """A store copied to another machine records a codec path that is gone there: decoding takes
+    the file of that name from the search folders (decode.yaml: the bundle's models/) only if its
+    weights and tables hash to the recorded ones."""
+    encoding_machine = tmp_path / "encoding_machine"
+    encoding_machine.mkdir()
+    moved = encoding_machine / "codec.pt"
+    moved.write_bytes(codec_file.read_bytes())
+    _encode(None, tmp_path / "store", moved, max_items=4, codec_rdoq_iterations=0)
+    moved.unlink()
+    with pytest.raises(InputError, match="codec.pt"):
+        LatentStore(tmp_path / "store").load_network()
+    here = tmp_path / "bundle_models"
+    here.mkdir()
+    (here / "codec.pt").write_bytes(codec_file.read_bytes())
+    found = LatentStore(tmp_path / "store")
+    decoded = found.decode(0, found.load_network(search_dirs=[tmp_path / "empty", here]))
+    given = LatentStore(tmp_path / "store", codec_path=codec_file)
+    torch.testing.assert_close(decoded, given.decode(0, given.load_network()))
+    torch.manual_seed(1)
+    save_codec(EntropyCodec(8, 4, (0.005, 0.02)), here / "codec.pt")  # same name, other weights
+    with pytest.raises(InputError, match="not the one"):
+        LatentStore(tmp_path / "store").load_network(search_dirs=[here])
+
+
 def test_damaged_bitstream_names_the_item(picture_folder, codec_file, tmp_path):  # noqa: F811
     _encode(picture_folder, tmp_path / "store", codec_file, shard_size=6)
     before = _tree(tmp_path / "store")

@@ -182,18 +182,31 @@ class LatentStore:
             self.latent(i) if self.codec == "none" else self.quantised(i)
         return len(self)
 
-    def load_network(self, ckpt_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    def load_network(
+        self,
+        ckpt_path: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        search_dirs: Sequence[str | os.PathLike] = (),
+    ) -> torch.nn.Module:
         """The network that decodes this store: the VAE (float) or the entropy codec (coded),
         with weights from ``ckpt_path`` (default: the recorded checkpoint).
 
+        Args:
+            search_dirs: where to look for a file of the recorded checkpoint's name when the
+                recorded path does not exist (a store copied to another machine records the
+                encoding machine's absolute path); ``decode.yaml`` passes the bundle's ``models/``.
+                The weights must still hash to the recorded ones.
+
         Raises:
-            InputError: the checkpoint's weights are not the ones the store was encoded with.
+            InputError: the checkpoint is missing, or its weights are not the ones the store was
+                encoded with.
         """
         if self.codec == "entropy":
-            if ckpt_path is not None:
-                self._codec_path, self._codec_net = ckpt_path, None
+            chosen = ckpt_path or self._codec_path or self._recorded_checkpoint(search_dirs)
+            if chosen != (self._codec_path or self.meta["ckpt_path"]):
+                self._codec_path, self._codec_net = chosen, None
             return self.codec_network().to(device)
-        ckpt = ckpt_path or self.meta.get("ckpt_path")
+        ckpt = ckpt_path or self._recorded_checkpoint(search_dirs)
         if not ckpt:
             raise InputError(
                 f"{self.path}: the store records no checkpoint; pass the encoding weights with --ckpt_path."
@@ -206,6 +219,14 @@ class LatentStore:
                 f"{want[:12]}...); pass the encoding checkpoint with --ckpt_path."
             )
         return network
+
+    def _recorded_checkpoint(self, search_dirs: Sequence[str | os.PathLike]) -> str | None:
+        """The recorded checkpoint, or the first file of its name in ``search_dirs`` if it has moved."""
+        recorded = self.meta.get("ckpt_path")
+        if not recorded or Path(recorded).is_file():
+            return recorded
+        found = next((c for c in (Path(d) / Path(recorded).name for d in search_dirs) if c.is_file()), None)
+        return str(found) if found is not None else recorded  # missing: the loader names it
 
     @torch.no_grad()
     def decode(self, index: int, network: torch.nn.Module, device: str | torch.device | None = None) -> MetaTensor:
