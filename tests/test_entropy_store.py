@@ -137,6 +137,9 @@ def test_damaged_bitstream_names_the_item(picture_folder, codec_file, tmp_path):
     shard.write_bytes(bytes(flipped))
     with pytest.raises(InputError, match=r"00001\.bin: item 'normal/00\d\.png'"):
         LatentStore(tmp_path / "store").verify()
+    shard.write_bytes(data + bytes(16))  # bytes appended: every item decodes, the file is still refused
+    with pytest.raises(InputError, match=r"00001\.bin: its 6 items decode, but the file does not match"):
+        LatentStore(tmp_path / "store").verify()
     _encode(picture_folder, tmp_path / "store", codec_file, shard_size=6)  # re-encodes the damaged shard
     assert _tree(tmp_path / "store") == before
 

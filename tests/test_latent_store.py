@@ -149,6 +149,24 @@ def test_corrupted_shard_is_named_and_repaired(picture_folder, tmp_path):
     assert _tree(tmp_path / "store") == before
 
 
+def test_store_missing_a_manifest_is_refused_by_name_and_repaired(picture_folder, tmp_path):
+    """A deleted manifest drops its shard from the reader: decoding and training heads must refuse
+    the store by name instead of writing fewer images; encoding again repairs it byte for byte."""
+    net = _network()
+    encode_dataset(net, picture_folder, tmp_path / "store", shard_size=4)
+    before = _tree(tmp_path / "store")
+    (tmp_path / "store" / "shards" / "00001.json.gz").unlink()
+    store = LatentStore(tmp_path / "store")
+    assert not store.complete and len(store) == 8
+    with pytest.raises(InputError, match=r"holds 8 of 12 items; shard manifest\(s\) 00001\.json\.gz missing"):
+        store.decode_to(tmp_path / "decoded", net)
+    assert not (tmp_path / "decoded").exists()
+    with pytest.raises(InputError, match="00001.json.gz"):
+        LatentDataset(tmp_path / "store")
+    encode_dataset(net, picture_folder, tmp_path / "store", shard_size=4)
+    assert _tree(tmp_path / "store") == before
+
+
 _CHILD = """
 import sys, time, torch
 from medvae_monai.latents import encode_dataset

@@ -29,6 +29,9 @@ class LatentDataset(Dataset):
     (integers times the rate point's inverse gain, :meth:`LatentStore.latent`), so heads train
     straight from a coded store.
 
+    Raises:
+        InputError: the store is incomplete (shards missing their manifest), or holds no item of ``split``.
+
     Items:
         ``{"latent": (latent_channels, *L) float32, "label": int (when the source has labels),
         "mask": (1, *S) (with ``with_mask``), "source": str, "index": int}``.
@@ -37,7 +40,7 @@ class LatentDataset(Dataset):
     def __init__(
         self, store: LatentStore | str | os.PathLike, split: str | None = None, with_mask: bool = False
     ) -> None:
-        self.store = store if isinstance(store, LatentStore) else LatentStore(store)
+        self.store = (store if isinstance(store, LatentStore) else LatentStore(store)).require_complete()
         self.indices = [i for i, r in enumerate(self.store.records) if split is None or r.get("split") == split]
         if not self.indices:
             raise InputError(

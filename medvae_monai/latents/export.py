@@ -37,8 +37,10 @@ def decode_to(store, output_dir: str | os.PathLike, network, indices: Sequence[i
     Every output path is checked before the first is written, so a refused store writes nothing.
 
     Raises:
-        InputError: an output path is not contained, or two sources map to one output name.
+        InputError: the store is incomplete (:meth:`LatentStore.require_complete`), an output path is
+            not contained, or two sources map to one output name.
     """
+    store.require_complete()
     ensure_writable_dir(output_dir)
     network.eval()
     idx = range(len(store)) if indices is None else indices

@@ -81,6 +81,22 @@ class LatentStore:
         self.complete = self.num_shards_done == self.meta["num_shards"]
         self._cache: dict[Path, np.ndarray | list[np.ndarray]] = {}
 
+    def require_complete(self) -> LatentStore:
+        """This store, if every planned shard is present.
+
+        Raises:
+            InputError: shards lack their manifest (an interrupted or damaged encoding), naming them.
+        """
+        if not self.complete:
+            missing = [shard_paths(self.path, k, self.codec)[1].name for k in range(self.meta["num_shards"])
+                       if not shard_paths(self.path, k, self.codec)[1].exists()]
+            raise InputError(
+                f"{self.path}: holds {len(self)} of {self.meta['num_items']} items; shard manifest(s) {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''} missing (an interrupted or damaged encoding). Run the same encoding "
+                "again with this folder as --output_dir: it finishes or repairs the store."
+            )
+        return self
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -144,11 +160,13 @@ class LatentStore:
             pass
         if len(out) == len(recs) and intact:
             return out
-        bad = recs[len(out)]["source"] if len(out) < len(recs) else recs[-1]["source"]
+        repair = "Run the encoding again with the same --output_dir: it re-encodes shards that fail their checksum."
+        if len(out) == len(recs):  # every item decodes, yet the file is not the one the manifest hashed
+            raise InputError(f"{data_file}: its {len(recs)} items decode, but the file does not match its manifest's "
+                             f"SHA-256 (bytes added or changed after the last item). {repair}")
         raise InputError(
-            f"{data_file}: item {bad!r} (item {first + len(out)} of the store) fails its check: the bitstream is "
-            "missing, truncated or corrupt. Run the encoding again with the same --output_dir: it re-encodes shards "
-            "that fail their checksum."
+            f"{data_file}: item {recs[len(out)]['source']!r} (item {first + len(out)} of the store) fails its check: "
+            f"the bitstream is missing, truncated or corrupt. {repair}"
         )
 
     def latent(self, index: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
