@@ -103,10 +103,6 @@ def _lidc_subset(tmp_path, n_per_class: int = 4):
 
 
 def test_committed_nodule_model_evaluates_and_infers_an_lidc_csv(tmp_path):
-    import medvae_monai.data
-
-    if not hasattr(medvae_monai.data, "ImageSource"):
-        pytest.skip("the nodule configs read labels.csv through medvae_monai.data.ImageSource (CSV datalist source)")
     labels, rows = _lidc_subset(tmp_path)
     run_bundle("evaluating", "bundle/configs/evaluate_nodule.yaml", "--dataset_dir", str(labels), "--split", "all",
                "--output_dir", str(tmp_path / "eval"))
@@ -121,6 +117,19 @@ def test_committed_nodule_model_evaluates_and_infers_an_lidc_csv(tmp_path):
     for r in out:
         assert float(r["p_benign"]) + float(r["p_malignant"]) == pytest.approx(1.0, abs=1e-4)
         assert float(r["std_malignant"]) >= 0 and r["prediction"] in ("benign", "malignant")
+
+    # the same CSV without its diagnosis column: evaluation is refused before the engine starts, naming the fix
+    unlabelled = tmp_path / "unlabelled.csv"
+    table = list(csv.DictReader(labels.open()))
+    with unlabelled.open("w", newline="") as f:
+        w = csv.DictWriter(f, [k for k in table[0] if k != "diagnosis"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(table)
+    refused = run_bundle("evaluating", "bundle/configs/evaluate_nodule.yaml", "--dataset_dir", str(unlabelled), "--split",
+                         "all", "--output_dir", str(tmp_path / "refused"), check=False)
+    assert refused.returncode != 0 and "8 of 8 images have no 'label'" in refused.stdout
+    assert "a CSV datalist with a 'label' or 'diagnosis' column" in refused.stdout
+    assert not (tmp_path / "refused" / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -112,6 +112,9 @@ def test_csv_without_patients_or_labels_and_its_errors(tmp_path):
         "rows 2 and 3 both list v0.nii.gz": (["image"], [("v0.nii.gz",), ("v0.nii.gz",)]),
         "row 2 has no patient_id": (["image", "patient_id"], [("v0.nii.gz", "")]),
         "values \\[-1\\] are outside": (["image", "label"], [("v0.nii.gz", -1)]),
+        "row 3 has no 'diagnosis' \\(1 of 3 rows": (["image", "diagnosis"], [("v0.nii.gz", 0), ("v1.nii.gz", ""), ("v2.nii.gz", 1)]),
+        "row 4: 'diagnosis' is 'benign', but row 2 has 0": (["image", "diagnosis"],
+                                                            [("v0.nii.gz", 0), ("v1.nii.gz", 1), ("v2.nii.gz", "benign")]),
     }
     for match, (header, rows) in bad.items():
         with pytest.raises(InputError, match=match):

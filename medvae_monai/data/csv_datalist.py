@@ -104,7 +104,21 @@ class CSVDatalistSource(ImageSource):
             if label_col and r[label_col] != "":
                 item["label"] = _number(r[label_col])
             items.append(item)
+        self._check_label_column(items, label_col)
         return items, self._index_labels(items, label_col)
+
+    def _check_label_column(self, items: list[dict], label_col: str | None) -> None:
+        """A label column is filled in on every row, with indices or names, not both (row 1 is the header)."""
+        rows = [(n, it.get("label")) for n, it in enumerate(items, start=2)]
+        empty = [n for n, v in rows if v is None]
+        if label_col and 0 < len(empty) < len(rows):
+            raise InputError(f"{self.listing}: row {empty[0]} has no '{label_col}' ({len(empty)} of {len(rows)} rows "
+                             f"are empty); fill them in, or list unlabelled images in a CSV without that column.")
+        kinds = {isinstance(v, str) for _, v in rows if v is not None}
+        if len(kinds) == 2:
+            n, v = next((n, v) for n, v in rows if isinstance(v, str) != isinstance(rows[0][1], str))
+            raise InputError(f"{self.listing}: row {n}: '{label_col}' is {v!r}, but row 2 has {rows[0][1]!r}; use "
+                             "class indices (0, 1, ...) or class names in every row, not both.")
 
     def _index_labels(self, items: list[dict], label_col: str | None) -> list[str]:
         """Turn every ``label`` into a class index; return the class names in index order."""
