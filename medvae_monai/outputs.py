@@ -30,7 +30,6 @@ from .errors import InputError
 __all__ = [
     "ContainedFolderLayout",
     "contained_path",
-    "dataset_root",
     "output_path_for",
     "safe_relative_name",
     "source_path",
@@ -203,14 +202,15 @@ class ContainedFolderLayout(FolderLayoutBase):
 
     Args:
         output_dir: destination folder.
-        root: the dataset root (a datalist file stands for its folder).
+        root: the folder input names are relative to, worked out by the data source
+            (``@source.root``; ``None`` for in-memory items).
         postfix: file name postfix (``recon``, ``seg``, ``latent``).
         extension: output suffix (``.nii.gz``, ``.png``).
     """
 
     def __init__(self, output_dir: str | os.PathLike, root: str | os.PathLike | None = None, postfix: str = "", extension: str = "") -> None:
         self.output_dir = output_dir
-        self.root = dataset_root(root)
+        self.root = root
         self.postfix = postfix
         self.extension = extension if not extension or extension.startswith(".") else f".{extension}"
 
@@ -220,10 +220,3 @@ class ContainedFolderLayout(FolderLayoutBase):
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
 
-
-def dataset_root(dataset_dir: str | os.PathLike | None) -> str | None:
-    """The folder input names are relative to: ``dataset_dir``, or a datalist file's folder."""
-    if dataset_dir in (None, ""):
-        return None
-    p = Path(dataset_dir)
-    return str(p.parent if p.suffix.lower() in (".json", ".csv", ".npz") or p.is_file() else p)

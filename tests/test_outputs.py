@@ -76,7 +76,7 @@ def test_output_into_the_input_folder_is_refused_unless_a_dedicated_sub_folder(t
 
 
 def test_folder_layout_for_save_imaged(tmp_path: Path) -> None:
-    layout = ContainedFolderLayout(tmp_path / "out", tmp_path / "lists" / "datalist.json", "recon", ".nii.gz")
+    layout = ContainedFolderLayout(tmp_path / "out", tmp_path / "lists", "recon", ".nii.gz")
     name = layout.filename(subject=str(tmp_path / "vols" / "case0.nii.gz"), idx=None)
     assert Path(name) == tmp_path / "out" / "vols" / "case0_recon.nii.gz"
 

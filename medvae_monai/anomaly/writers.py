@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ..errors import describe_source
-from ..outputs import contained_path, dataset_root, output_path_for
+from ..outputs import contained_path, output_path_for
 from ..utils import atomic_write
 from .inferer import image_score
 
@@ -69,7 +69,8 @@ class SaveAnomalyMapd(MapTransform):
     Args:
         keys: map keys, as left by :class:`AnomalyMapd`.
         output_dir: the run's ``--output_dir``.
-        dataset_dir: the dataset; output names keep the input's path relative to it.
+        root: the folder input names are relative to (``@source.root``); output names keep each
+            input's path relative to it.
         picture_files: the inputs are picture files read by MONAI (transpose back to row order);
             ``False`` for volumes and in-memory arrays (MedMNIST), written as stored.
         volume: write NIfTI (``.nii.gz``); else ``.npy``.
@@ -79,11 +80,11 @@ class SaveAnomalyMapd(MapTransform):
             :func:`~medvae_monai.outputs.output_path_for`).
     """
 
-    def __init__(self, keys, output_dir: str, dataset_dir: str | None, picture_files: bool, volume: bool,
+    def __init__(self, keys, output_dir: str, root: str | os.PathLike | None, picture_files: bool, volume: bool,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = output_dir
-        self.root = dataset_root(dataset_dir)
+        self.root = root
         self.picture_files = bool(picture_files)
         self.volume = bool(volume)
 
