@@ -129,3 +129,27 @@ def test_a_relative_dataset_dir_names_outputs_as_an_absolute_one_does(tmp_path: 
             out = output_path_for(it["image"], tmp_path / "out", source.root, ext=".png")
             names.add(out.relative_to(tmp_path / "out").as_posix())
     assert names == {"Hand/0.png", "Hand/1.png"}
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_unresampled_2d_image_with_a_4x4_affine_is_written_as_it_is(tmp_path: Path, suffix: str) -> None:
+    """MONAI 1.6.1's SaveImage(resample=False) raised here (Project-MONAI/MONAI#9068); see medvae_monai.image_writers."""
+    import medvae_monai  # noqa: F401  registers the as-is writers
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import LoadImage, SaveImage
+
+    affine = torch.tensor([[0.7, 0, 0, -10], [0, 0.8, 0, 5], [0, 0, 2.5, 3], [0, 0, 0, 1]], dtype=torch.float64)
+    pixels = torch.rand(1, 20, 24)
+    image = MetaTensor(pixels, affine=affine, meta={"filename_or_obj": "slices/s0", "spatial_shape": np.array((20, 24))})
+    SaveImage(output_dir=tmp_path, output_ext=suffix, resample=False, separate_folder=False, print_log=False,
+              output_dtype=np.float32)(image)  # fmt: skip
+    path = tmp_path / f"s0_trans{suffix}"
+    back = LoadImage(image_only=True)(path)
+    np.testing.assert_array_equal(np.asarray(back).squeeze(), pixels[0].numpy())
+    if suffix == ".nii.gz":  # NIfTI keeps the slice position and thickness of the 4x4 affine
+        np.testing.assert_allclose(nib.load(path).affine, affine.numpy())
+    else:
+        np.testing.assert_allclose(np.asarray(back.affine)[:2, :2], np.diag([0.7, 0.8]), atol=1e-6)

@@ -1,0 +1,64 @@
+"""MONAI's NIfTI/ITK writers, registered so that ``resample=False`` writes the array as it is.
+
+Why this module exists: in MONAI 1.6.1 ``SaveImage(resample=False)`` still runs
+``SpatialResample`` with ``spatial_size=None``. For a 2D image carrying a 4x4 affine (the phantoms,
+single-frame DICOM, whose affine keeps the slice position) that call raises ``TypeError`` inside
+``spatial_resample`` and ``SaveImage`` then reports "cannot find a suitable writer"
+(Project-MONAI/MONAI#9068, fix proposed in #9080, not released). With no target affine and no
+target shape there is nothing to resample, so these subclasses return the data and its affine
+unchanged, as MONAI's own code path does when it works; every other call goes to MONAI.
+
+:func:`register_as_is_writers` puts them first for the extensions MONAI gives to NibabelWriter and
+ITKWriter, through MONAI's public ``register_writer`` hook; ``import medvae_monai`` calls it.
+"""
+
+from __future__ import annotations
+
+from monai.data import image_writer
+from monai.data.image_writer import ITKWriter, NibabelWriter
+from monai.utils import convert_data_type, convert_to_tensor
+
+__all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "register_as_is_writers"]
+
+
+class _WriteAsIs:
+    @classmethod
+    def resample_if_needed(cls, data_array, affine=None, target_affine=None, output_spatial_shape=None, **kwargs):
+        """``(data, affine)`` unchanged when there is no target; otherwise MONAI's resampling.
+
+        Returns the same types as :meth:`monai.data.ImageWriter.resample_if_needed`: the data and
+        the affine converted to the input's array type.
+        """
+        if target_affine is not None or output_spatial_shape is not None:
+            return super().resample_if_needed(data_array, affine, target_affine, output_spatial_shape, **kwargs)
+        data = convert_to_tensor(data_array, track_meta=True)
+        if affine is not None:
+            data.affine = convert_to_tensor(affine, track_meta=False)
+        out, *_ = convert_data_type(data, output_type=type(data_array))
+        out_affine, *_ = convert_data_type(data.affine, output_type=type(data_array))
+        return out, out_affine
+
+
+class AsIsNibabelWriter(_WriteAsIs, NibabelWriter):
+    """:class:`monai.data.NibabelWriter` that writes unresampled data as it is (see module docstring)."""
+
+
+class AsIsITKWriter(_WriteAsIs, ITKWriter):
+    """:class:`monai.data.ITKWriter` that writes unresampled data as it is (see module docstring)."""
+
+
+_AS_IS = {NibabelWriter: AsIsNibabelWriter, ITKWriter: AsIsITKWriter}
+
+
+def register_as_is_writers() -> None:
+    """Register the as-is writers ahead of MONAI's for every extension that uses NibabelWriter or ITKWriter.
+
+    Idempotent. MONAI fills its registry lazily on the first ``SaveImage``; it is filled here first
+    so that PNG and the other defaults stay registered.
+    """
+    if not image_writer.SUPPORTED_WRITERS:
+        image_writer.init()
+    for ext, writers in list(image_writer.SUPPORTED_WRITERS.items()):
+        as_is = tuple(dict.fromkeys(_AS_IS[w] for w in writers if w in _AS_IS))
+        if as_is and not any(w in _AS_IS.values() for w in writers):
+            image_writer.register_writer(ext, *as_is)  # ahead of MONAI's, which stay as fall-backs
