@@ -59,34 +59,53 @@ def _config_files(value: str) -> list[str]:
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
+# lower bounds of the numeric settings that have one: a count of 0 or a negative rate would fail
+# deep inside a DataLoader or scheduler, or silently mean "all" (max_items 0)
+_AT_LEAST = {
+    "batch_size": 1, "max_epochs": 1, "val_interval": 1, "shard_size": 1, "max_items": 1, "num_samples": 1,
+    "posterior_samples": 1, "tile_size": 1, "num_workers": 0, "tile_overlap": 0, "overlap": 0,
+    "kl_warmup_steps": 0, "beta": 0, "free_bits": 0, "recon_weight": 0, "ssim_weight": 0, "tv_weight": 0,
+    "codec_rdoq_iterations": 0,
+}
+_ABOVE = {"learning_rate": 0, "restoration_lr": 0}
+
+
 def parse_setting(key: str, raw: str, default: object) -> object:
     """Type a command-line value ``raw`` for config id ``key`` by the type of its ``default``.
 
     Booleans: ``true/True/1/yes`` and ``false/False/0/no`` (any case); integers: whole numbers;
-    floats: finite numbers; ``null``/``None`` where the default is ``None``. Other defaults
-    (strings, lists, expressions) are returned as MONAI's command line parsed them.
+    floats: finite numbers; ``null``/``None`` is ``None`` where the default is not a boolean or
+    number (``None``, a string, a ``$`` expression or an ``@`` reference). Other defaults
+    (strings, lists, expressions) are returned as MONAI's command line parsed them, except for the
+    bounded settings (``_AT_LEAST``, ``_ABOVE``: counts, sizes, weights, learning rates), whose
+    numbers are checked whatever the default.
 
     Raises:
         InputError: naming ``--key``, the value and what it accepts.
     """
     text = raw.strip()
-    if default is None or isinstance(default, (str, list, dict)) or not isinstance(default, (bool, int, float)):
-        return None if text in ("null", "None") and default is None else _UNTYPED
+    bounded = key in _AT_LEAST or key in _ABOVE
+    if text in ("null", "None") and not isinstance(default, (bool, int, float)):
+        return None  # MONAI's command line leaves "null" a string, which "$" expressions then misuse
     if isinstance(default, bool):
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
         raise InputError(f"--{key} {raw!r}: a boolean setting; give true/false (also True/False, yes/no, 1/0).")
+    if not isinstance(default, (int, float)) and not bounded:
+        return _UNTYPED
     try:
         number = float(text)
     except ValueError:
         number = float("nan")
     if not np.isfinite(number):
         raise InputError(f"--{key} {raw!r}: a numeric setting; give a finite number (default {default!r}).")
-    if isinstance(default, int):
-        if not number.is_integer():
-            raise InputError(f"--{key} {raw!r}: an integer setting; give a whole number (default {default!r}).")
-        return int(number)
-    return number
+    whole = isinstance(default, int) or (not isinstance(default, float) and key in _AT_LEAST and number.is_integer())
+    if isinstance(default, int) and not number.is_integer():
+        raise InputError(f"--{key} {raw!r}: an integer setting; give a whole number (default {default!r}).")
+    if key in _AT_LEAST and number < _AT_LEAST[key] or key in _ABOVE and number <= _ABOVE[key]:
+        limit = f">= {_AT_LEAST[key]}" if key in _AT_LEAST else f"> {_ABOVE[key]}"
+        raise InputError(f"--{key} {raw!r}: out of range; give a number {limit} (default {default!r}).")
+    return int(number) if whole else number
 
 
 _UNTYPED = object()  # parse_setting: leave MONAI's own parsing of the value

@@ -144,6 +144,27 @@ def test_untyped_settings_are_refused_naming_the_key(raw: str, default: object) 
         parse_setting("batch_size", raw, default)
 
 
+@pytest.mark.parametrize(
+    "key, raw, default",
+    [("batch_size", "0", 32), ("max_epochs", "-1", 20), ("num_workers", "-2", 0), ("max_items", "0", None),
+     ("tile_size", "0", "$512 if @spatial_dims == 2 else None"), ("learning_rate", "0", 0.002), ("ssim_weight", "-0.1", 0.0)],
+)
+def test_out_of_range_settings_are_refused_naming_the_key_and_the_bound(key: str, raw: str, default: object) -> None:
+    with pytest.raises(InputError, match=f"--{key} .*out of range; give a number (>=|>) "):
+        parse_setting(key, raw, default)
+
+
+@pytest.mark.parametrize(
+    "key, raw, default, value",
+    [("max_items", "8", None, 8), ("max_items", "null", None, None), ("tile_size", "null", "$512 if @spatial_dims == 2 else None", None),
+     ("ckpt_path", "None", "@pretrained_ckpt", None), ("num_workers", "0", 0, 0),
+     ("tile_size", "256", "$512 if @spatial_dims == 2 else None", 256), ("beta", "0", 1e-4, 0.0)],
+)
+def test_in_range_bounded_settings_are_typed(key: str, raw: str, default: object, value: object) -> None:
+    typed = parse_setting(key, raw, default)
+    assert typed == value and type(typed) is type(value)
+
+
 @given(word=st.sampled_from(["true", "false", "yes", "no", "1", "0"]), flips=st.lists(st.booleans(), min_size=5, max_size=5))
 def test_any_spelling_of_a_boolean_parses(word: str, flips: list[bool]) -> None:
     spelled = "".join(c.upper() if f else c for c, f in zip(word, flips + [False] * len(word)))
