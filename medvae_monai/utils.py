@@ -22,9 +22,26 @@ _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) a
 os.umask(_UMASK)
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and check it can be written, or raise :class:`InputError`."""
+def ensure_writable_dir(path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None) -> Path:
+    """Create ``path`` if needed and check it can be written.
+
+    Args:
+        path: the output folder (``--output_dir``).
+        dataset_dir: the run's input; when it is a folder, ``path`` may not be it or lie inside it,
+            because the next run on that folder would read the outputs (checkpoints, stores,
+            reconstructions) as data. A datalist or image file is not scanned, so it does not count.
+
+    Raises:
+        InputError: the folder cannot be created or written, or lies inside the dataset folder.
+    """
     p = Path(path)
+    if dataset_dir not in (None, "") and Path(dataset_dir).is_dir():
+        data = Path(dataset_dir).resolve()
+        if p.resolve() == data or data in p.resolve().parents:
+            raise InputError(
+                f"--output_dir {str(p)!r} is inside the dataset folder {str(dataset_dir)!r}: the next run on that "
+                "folder would read the outputs as data; choose an --output_dir outside it."
+            )
     try:
         p.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")

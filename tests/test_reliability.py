@@ -454,3 +454,26 @@ def test_bundle_expressions_stay_minimal() -> None:
             if isinstance(node, (ast.Lambda, ast.NamedExpr)):
                 bad.append(f"{where}: ${expr} (code in config: put it in the package)")
     assert not bad, "bundle expressions beyond references and package calls:\n" + "\n".join(bad)
+
+
+def test_output_folder_inside_the_dataset_folder_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "Hand").mkdir(parents=True)
+    for out in (data, data / "runs", data / "Hand" / ".." / "runs" / "deep"):
+        with refused("inside the dataset folder.*outside it", str(data)):
+            ensure_writable_dir(out, data)
+    assert not (data / "runs").exists()  # refused before anything is created
+    assert ensure_writable_dir(tmp_path / "runs", data).is_dir()
+    (data / "labels.csv").write_text("image,label\n")  # a datalist file is not scanned: beside it is fine
+    assert ensure_writable_dir(data / "runs", data / "labels.csv").is_dir()
+
+
+@pytest.mark.slow
+def test_bundle_refuses_an_output_folder_inside_the_dataset(tmp_path: Path) -> None:
+    data = tmp_path / "pics" / "Hand"
+    data.mkdir(parents=True)
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(data / "a.png")
+    proc = run_bundle("inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(tmp_path / "pics"),
+                      "--output_dir", str(tmp_path / "pics" / "runs"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "inside the dataset folder" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["Hand"]

@@ -209,7 +209,7 @@ def encode_dataset(
     if device is None:
         device = next(network.parameters()).device if network is not None else "cpu"
     device = torch.device(device)
-    out = ensure_writable_dir(output_dir)
+    out = ensure_writable_dir(output_dir, dataset_dir)
     source = ImageSource(dataset_dir, spatial_dims, in_channels, None, intensity, ct_window, max_items)
     items = source.items(split)
     kind, root = source.kind, source.root
