@@ -48,6 +48,11 @@ def test_training_resumes_from_last_checkpoint(phantom_run, tmp_path):
     # `run` is MONAI Label's alias for `training`; at max_epochs it has nothing left to do
     proc = run_bundle("run", "bundle/configs/train.yaml", *TINY, "--max_epochs", "2", "--output_dir", str(run))
     assert "nothing to do" in proc.stdout
+    # other data in the same output folder (here a different training set) is refused, not mixed in
+    proc = run_bundle("training", "bundle/configs/train.yaml", "--max_items", "16", "--batch_size", "8", "--max_epochs", "3",
+                      "--output_dir", str(run), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "written for other data" in proc.stdout and "--resume false" in proc.stdout
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["trainer"]["iteration"] == 8
 
 
 def test_evaluate_writes_metrics(phantom_run, tmp_path):

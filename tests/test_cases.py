@@ -165,6 +165,17 @@ def test_in_range_bounded_settings_are_typed(key: str, raw: str, default: object
     assert typed == value and type(typed) is type(value)
 
 
+def test_drop_last_counts_each_ranks_share() -> None:
+    """torchrun, 2 ranks, 45 training items, batch 32: each rank holds 23, so the ragged batch is kept."""
+    from monai.data import DistributedSampler
+
+    from medvae_monai.config import drop_last_for
+
+    items = list(range(45))
+    assert drop_last_for(items, 32) is True
+    assert drop_last_for(DistributedSampler(items, num_replicas=2, rank=1, even_divisible=True), 32) is False
+
+
 @given(word=st.sampled_from(["true", "false", "yes", "no", "1", "0"]), flips=st.lists(st.booleans(), min_size=5, max_size=5))
 def test_any_spelling_of_a_boolean_parses(word: str, flips: list[bool]) -> None:
     spelled = "".join(c.upper() if f else c for c, f in zip(word, flips + [False] * len(word)))

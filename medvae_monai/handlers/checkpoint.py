@@ -3,6 +3,7 @@ epoch, the best network on every improvement."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from ignite.handlers.checkpoint import CheckpointEvents
 from ..errors import InputError
 from ..utils import atomic_torch_save, ensure_writable_dir, load_state_dict
 
-__all__ = ["ResumableCheckpoint", "ReplacingDiskSaver", "TorchRNGState"]
+__all__ = ["ResumableCheckpoint", "ReplacingDiskSaver", "RunIdentity", "TorchRNGState"]
 
 logger = logging.getLogger("medvae_monai")
 
@@ -55,6 +56,35 @@ class TorchRNGState:
         torch.set_rng_state(state["torch"])
 
 
+class RunIdentity:
+    """What a run trains on (e.g. the dataset folder and its number of training items), kept in ``last.pt``.
+
+    Resuming in an output folder written for other data would silently mix two trainings (and pick
+    ``best.pt`` by comparing metrics across datasets), so loading a different identity raises.
+    Stored as UTF-8 JSON bytes in a tensor, which ``weights_only=True`` loads.
+
+    Raises:
+        InputError: at load, naming both identities and the way out.
+    """
+
+    def __init__(self, identity: Mapping[str, object]) -> None:
+        self.identity = dict(identity)
+
+    def _text(self) -> str:
+        return json.dumps(self.identity, sort_keys=True, default=str)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"identity_utf8": torch.tensor(list(self._text().encode()), dtype=torch.uint8)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        saved = bytes(state["identity_utf8"].tolist()).decode()
+        if saved != self._text():
+            raise InputError(
+                f"the checkpoint to resume was written for other data ({saved}), and this run has {self._text()}: "
+                "use a new --output_dir, or --resume false to start over in this one."
+            )
+
+
 class ResumableCheckpoint:
     """Save training state atomically each epoch, keep the best network, and resume on restart.
 
@@ -80,10 +110,13 @@ class ResumableCheckpoint:
         resume: resume from ``last.pt`` when it exists.
         final_filename: also copy the best (or, without validation, the last) network here when
             training completes, e.g. ``<output_dir>/model.pt``.
+        run_identity: what the run trains on (:class:`RunIdentity`); resuming with another is refused.
+            ``last.pt`` files written without one still resume.
 
     Raises:
         ValueError: ``save_dict`` has no ``"trainer"``.
-        InputError: ``last.pt`` was written by another model or configuration (at resume).
+        InputError: ``last.pt`` was written by another model or configuration, or for other data
+            (at resume).
     """
 
     def __init__(
@@ -94,6 +127,7 @@ class ResumableCheckpoint:
         metric_name: str | None = None,
         resume: bool = True,
         final_filename: str | os.PathLike | None = None,
+        run_identity: Mapping[str, object] | None = None,
     ) -> None:
         if "trainer" not in save_dict:
             raise ValueError("ResumableCheckpoint: save_dict needs the trainer under 'trainer' to resume.")
@@ -112,6 +146,8 @@ class ResumableCheckpoint:
             n_saved=1,
         )
         self.to_save = {**save_dict, "best_checkpoint": self.best, "rng_state": TorchRNGState()}
+        if run_identity is not None:
+            self.to_save["run_identity"] = RunIdentity(run_identity)
         self.last = Checkpoint(
             self.to_save, saver, filename_prefix="last", filename_pattern="{filename_prefix}.{ext}", n_saved=1
         )
@@ -152,8 +188,11 @@ class ResumableCheckpoint:
             return
         ckpt = load_state_dict(self.last_path)
         max_epochs = engine.state.max_epochs
+        to_load = {k: v for k, v in self.to_save.items() if k != "run_identity" or k in ckpt}
+        if "run_identity" in to_load:  # first, so that other data is named as such, not as a shape mismatch
+            to_load.pop("run_identity").load_state_dict(ckpt["run_identity"])
         try:
-            Checkpoint.load_objects(self.to_save, ckpt)
+            Checkpoint.load_objects(to_load, ckpt)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise InputError(
                 f"{self.last_path}: cannot resume from it ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
