@@ -139,6 +139,33 @@ def _set_unresolved(parser: ConfigParser, cid: str, value: object) -> None:
     holder[int(last) if isinstance(holder, list) else last] = value
 
 
+def check_overlay_keys(files: Sequence[str]) -> None:
+    """Refuse a top-level key of an overlay (``--config_file "[base, overlay, ...]"``) that misspells a base id.
+
+    MONAI merges an overlay's ``max_epoch: 2`` as a new, unused id, so the base's ``max_epochs``
+    silently stays in force, as with a misspelled command-line override. Overlays may add ids of
+    their own (``ddp_network``), so only a key that is not in the base and nearly equals a base id
+    (difflib ratio >= 0.85: one or two letters off) is refused.
+
+    Raises:
+        InputError: naming the overlay file, the key and the base id it nearly matches.
+    """
+    if len(files) < 2:
+        return
+    base = config_ids(ConfigParser.load_config_file(files[0]))
+    for overlay in files[1:]:
+        for key in ConfigParser.load_config_file(overlay):
+            name = str(key).lstrip("+")
+            if name in base:
+                continue
+            close = difflib.get_close_matches(name, sorted(base), n=1, cutoff=0.85)
+            if close:
+                raise InputError(
+                    f"{overlay}: key '{name}' is not an id of {files[0]}; did you mean '{close[0]}'? "
+                    "As spelled it is merged as a new, unused id and the default stays in force: fix the spelling."
+                )
+
+
 def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     """Refuse unknown ``python -m monai.bundle run`` overrides and type the known ones.
 
@@ -171,6 +198,7 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
         values[name.replace("::", "#")] = value
     if not files:
         return
+    check_overlay_keys(files)
     defaults = ConfigParser(ConfigParser.load_config_files(files))
     defaults.resolve_macro_and_relative_ids()  # a user config's "%file::x" macros -> their defaults
     known = config_ids(defaults.get()) | _RUN_ARGS

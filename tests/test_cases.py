@@ -165,6 +165,17 @@ def test_in_range_bounded_settings_are_typed(key: str, raw: str, default: object
     assert typed == value and type(typed) is type(value)
 
 
+def test_overlay_key_that_misspells_a_base_id_is_refused(tmp_path: Path) -> None:
+    from medvae_monai.config import check_overlay_keys
+
+    base = "bundle/configs/train.yaml"
+    for overlay in ("bundle/configs/vae_f8c4.yaml", "bundle/configs/multi_gpu_train.yaml"):
+        check_overlay_keys([base, overlay])  # the shipped overlays: their own ids are not typos
+    (tmp_path / "ov.yaml").write_text("my_schedule: 3\nbatchsize: 8\n")
+    with pytest.raises(InputError, match="ov.yaml: key 'batchsize' .*did you mean 'batch_size'"):
+        check_overlay_keys([base, str(tmp_path / "ov.yaml")])
+
+
 def test_drop_last_counts_each_ranks_share() -> None:
     """torchrun, 2 ranks, 45 training items, batch 32: each rank holds 23, so the ragged batch is kept."""
     from monai.data import DistributedSampler
