@@ -193,12 +193,19 @@ def test_size_not_divisible_is_padded_and_cropped_back(tmp_path: Path) -> None:
     assert recon.shape == (1, 1, 22, 13) and mu.shape == (1, 1, 6, 4)  # ceil(22/4), ceil(13/4)
 
 
-def test_mixed_sizes_warn_before_batching(tmp_path: Path) -> None:
+def test_mixed_sizes_go_one_at_a_time_in_inference_and_are_refused_in_training(tmp_path: Path, caplog) -> None:
     files = {"a.png": lambda p: write_png(p, (16, 16)), "b.png": lambda p: write_png(p, (16, 20))}
     root = class_folder(tmp_path, files)
-    with pytest.warns(UserWarning, match="2 different shapes.*a.png.*b.png.*--spatial_size"):
-        make_dataset(root, "all")
-    assert make_dataset(root, "all", spatial_size=(16, 16))[1]["image"].shape == (1, 16, 16)  # the fix
+    mixed = make_dataset(root, "all")
+    with caplog.at_level("WARNING", logger="medvae_monai"):
+        assert mixed.batch_size_for(32) == 1
+    assert "2 different shapes" in caplog.text and "one at a time" in caplog.text
+    largest = [max(d["image"].shape[i] for d in mixed.data) for i in (1, 2)]
+    with refused(f'batches of 8 cannot be stacked.*--spatial_size "{re.escape(str(largest))}".*--batch_size 1', "a.png", "b.png"):
+        mixed.batch_size_for(8, training=True)
+    assert mixed.batch_size_for(1, training=True) == 1
+    fixed = make_dataset(root, "all", spatial_size=(16, 16))  # the fix the message gives
+    assert fixed[1]["image"].shape == (1, 16, 16) and fixed.batch_size_for(8, training=True) == 8
 
 
 # row: an empty dataset folder

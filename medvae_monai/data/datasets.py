@@ -63,7 +63,6 @@ class CheckedCacheDataset(Dataset):
         self._report_skipped(data, loaded, len(good))
         tail = None if self.first_random is None else Compose(chain.transforms[self.first_random :])
         super().__init__(good, tail)
-        self._warn_mixed_sizes()
 
     def _load(self, item: dict) -> dict | InputError:
         try:
@@ -91,20 +90,37 @@ class CheckedCacheDataset(Dataset):
             stacklevel=3,
         )
 
-    def _warn_mixed_sizes(self) -> None:
-        """Batches of more than one image need one size; say so before the DataLoader's stack error."""
+    def batch_size_for(self, batch_size: int, training: bool = False) -> int:
+        """The batch size that stacks: ``batch_size``, or 1 when the items differ in shape.
+
+        Images of several sizes (a folder of studies, MSD volumes) cannot be stacked into one
+        batch; the DataLoader would fail deep in its collate function. For inference and
+        evaluation each item then goes alone, keeping its own size, and a line says how to batch
+        them; training refuses, because one-at-a-time training silently changes the optimisation.
+
+        Raises:
+            InputError: ``training`` with items of several shapes and ``batch_size`` > 1, naming two
+                of the files and the ``--spatial_size`` that pads or crops (resizes, for pictures)
+                every item to the largest extent along each axis.
+        """
         shapes: dict[tuple, str] = {}
         for d in self.data:
             img = d.get("image") if isinstance(d, dict) else None
             if isinstance(img, torch.Tensor):
-                shapes.setdefault(tuple(img.shape), describe_source(img))
-        if len(shapes) > 1:
-            (s1, f1), (s2, f2) = list(shapes.items())[:2]
-            warnings.warn(
-                f"the images have {len(shapes)} different shapes, e.g. {s1} ({f1}) and {s2} ({f2}); batches of more "
-                "than one image will fail to stack. Set spatial_size (--spatial_size [H, W]) or use batch_size 1.",
-                stacklevel=3,
+                shapes.setdefault(tuple(img.shape[1:]), describe_source(img))
+        if len(shapes) < 2 or int(batch_size) <= 1:
+            return int(batch_size)
+        (s1, f1), (s2, f2) = list(shapes.items())[:2]
+        largest = [max(s[i] for s in shapes) for i in range(len(s1))]
+        found = f"the images have {len(shapes)} different shapes, e.g. {list(s1)} ({f1}) and {list(s2)} ({f2})"
+        if training:
+            raise InputError(
+                f"{found}: batches of {batch_size} cannot be stacked. Give --spatial_size \"{largest}\" "
+                "(pads or crops volumes, resizes pictures) or --batch_size 1."
             )
+        logger.warning("%s: processing them one at a time, each at its own size (--spatial_size \"%s\" batches them).",
+                       found, largest)
+        return 1
 
 
 def make_dataset(
