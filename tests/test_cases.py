@@ -380,6 +380,20 @@ def test_scaled_images_are_finite_in_unit_range_and_restore_to_their_units(value
     np.testing.assert_allclose(back[inside], values[inside], atol=1e-3 * max(1.0, p["a_max"] - p["a_min"]))
 
 
+@pytest.mark.parametrize("pil_mode, bits, dtype", [("L", 8, torch.uint8), ("I;16", 16, torch.uint16)])
+@pytest.mark.parametrize("mode", ["percentile", "bit_depth"])
+def test_pictures_restore_to_their_storage_type_under_every_intensity_mode(pil_mode: str, bits: int, dtype, mode: str) -> None:
+    """A 16-bit PNG under --intensity percentile came back as float32, which no PNG writer takes."""
+    values = torch.linspace(100, 0.9 * (2**bits - 1), 64).reshape(1, 8, 8).round()
+    img = MetaTensor(values, meta={"filename_or_obj": "x.png", "mode": pil_mode})
+    x = ScaleToUnit(mode)(img)
+    back = RestoreUnits()(x.as_tensor(), x.meta["intensity"])
+    assert back.dtype == dtype
+    assert torch.equal(back.float(), values.clamp(float(x.meta["intensity"]["a_min"]), float(x.meta["intensity"]["a_max"])).round())
+    overshoot = RestoreUnits()(torch.full_like(x.as_tensor(), 1.5), x.meta["intensity"])
+    assert int(overshoot.int().max()) == 2**bits - 1  # clamped to the storage range, not wrapped
+
+
 # --- units: every route out writes the input's units (ct-hu-units) ------------------------------------------
 
 

@@ -36,7 +36,7 @@ class RecordIntensityd(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         recorded = intensity_map(d[self.first_key(d)])
-        d["intensity"] = recorded or {"a_min": 0.0, "a_max": 1.0, "b_min": 0.0, "b_max": 1.0, "clip": False}
+        d["intensity"] = recorded or {"a_min": 0.0, "a_max": 1.0, "b_min": 0.0, "b_max": 1.0, "clip": False, "storage_max": 0.0}
         return d
 
 

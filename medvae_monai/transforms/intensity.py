@@ -171,7 +171,12 @@ class ScaleToUnit(Transform):
                 f"{src}: after --intensity {self.mode} scaling ({a_min:g}..{a_max:g} -> 0..1) the image is constant "
                 f"({lo:g}): its values lie outside that range. Choose another --intensity (or --ct_window)."
             )
-        out.meta[INTENSITY_KEY] = {"a_min": a_min, "a_max": a_max, "b_min": 0.0, "b_max": 1.0, "clip": True}
+        # a picture file's storage range, so outputs go back to its uint8/uint16 under any mode (0: none)
+        mode = getattr(img, "meta", {}).get("mode")
+        storage_max = float(2 ** _PIL_BITS[mode] - 1) if mode in _PIL_BITS else 0.0
+        out.meta[INTENSITY_KEY] = {
+            "a_min": a_min, "a_max": a_max, "b_min": 0.0, "b_max": 1.0, "clip": True, "storage_max": storage_max,
+        }
         return out
 
 
@@ -201,11 +206,12 @@ class RestoreUnits(Transform):
     """Map ``[0, 1]`` network output back to the input's units with the map :class:`ScaleToUnit` recorded.
 
     A CT scan in HU gives HU out, a 16-bit X-ray 0..65535; pictures are rounded and cast to their
-    storage type (``uint8`` / ``uint16``) so a PNG writer keeps them. With no recorded map the
+    storage type (``uint8`` / ``uint16``, from the map's ``storage_max``, under every intensity mode,
+    ``percentile`` included) so a PNG writer keeps them. With no recorded map the
     image is returned unchanged.
 
     Args:
-        picture_dtype: cast pictures (``bit_depth``/``uint8`` maps) to ``uint8``/``uint16`` after rounding.
+        picture_dtype: cast pictures to their storage type (``uint8``/``uint16``) after rounding and clamping.
     """
 
     def __init__(self, picture_dtype: bool = True) -> None:
@@ -217,8 +223,10 @@ class RestoreUnits(Transform):
         p = {k: float(v) for k, v in intensity.items()}
         scale = (p["a_max"] - p["a_min"]) / (p["b_max"] - p["b_min"])
         out = (img - p["b_min"]) * scale + p["a_min"]  # linear: a decoder's overshoot is kept, not clipped
-        if self.picture_dtype and p["a_min"] == 0 and p["a_max"] in (255.0, 65535.0):
-            out = out.round().clamp(0, p["a_max"]).to(torch.uint8 if p["a_max"] == 255 else torch.uint16)
+        legacy = p["a_max"] if p["a_min"] == 0 and p["a_max"] in (255.0, 65535.0) else 0.0  # maps without storage_max
+        cap = p.get("storage_max", 0.0) or legacy
+        if self.picture_dtype and cap:
+            out = out.round().clamp(0, cap).to(torch.uint8 if cap <= 255 else torch.uint16)
         return out
 
 
