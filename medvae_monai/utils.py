@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,11 @@ def _conv_dims(state: dict) -> int | None:
     return dims.pop() if len(dims) == 1 else None
 
 
+def _is_head_state(state: Mapping[str, object]) -> bool:
+    """A head wrapper's weights (``vae.*`` and ``head.*``), as opposed to a plain VAE's."""
+    return any(k.startswith("head.") for k in state) and any(k.startswith("vae.") for k in state)
+
+
 def load_weights(
     network: torch.nn.Module,
     path: str | os.PathLike,
@@ -190,6 +195,14 @@ def load_weights(
         raise InputError(
             f"{path}: holds a {type(state).__name__}, not a state dict; "
             "save it with torch.save(model.state_dict(), path)."
+        )
+    have_heads, want_heads = _is_head_state(state), _is_head_state(network.state_dict())
+    if have_heads != want_heads:
+        kind = "a classifier or segmenter (VAE encoder + head)" if have_heads else "a plain VAE"
+        use = "infer_classifier.yaml, infer_segmentation.yaml or the nodule configs" if have_heads else "--vae_ckpt of a head config"
+        raise InputError(
+            f"{path}: this checkpoint is {kind}, and the config builds a {type(network).__name__}: "
+            f"use it with {use}, or give a matching {option}."
         )
     have, want = _conv_dims(state), _conv_dims(network.state_dict())
     if None not in (have, want) and have != want:

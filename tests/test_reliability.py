@@ -317,6 +317,10 @@ def test_checkpoint_from_another_architecture(tmp_path: Path) -> None:
     with refused("a 3D network and the config builds a 2D MedVAE.*--spatial_dims 3", "3d.pt"):
         load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "3d.pt")
     load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "small.pt")  # the right architecture loads
+    head = {f"vae.{k}": v for k, v in MedVAE(2, 1, channels=(8, 16)).state_dict().items()} | {"head.0.weight": torch.ones(1)}
+    torch.save(head, tmp_path / "classifier.pt")  # a head wrapper's weights given as a VAE checkpoint
+    with refused("is a classifier or segmenter.*builds a MedVAE.*infer_classifier.yaml", "classifier.pt"):
+        load_weights(MedVAE(2, 1, channels=(8, 16)), tmp_path / "classifier.pt")
 
 
 class _Payload:
