@@ -394,6 +394,20 @@ def test_pictures_restore_to_their_storage_type_under_every_intensity_mode(pil_m
     assert int(overshoot.int().max()) == 2**bits - 1  # clamped to the storage range, not wrapped
 
 
+def test_twelve_bit_data_in_a_16_bit_picture_is_named_once(monkeypatch) -> None:
+    import medvae_monai.transforms.intensity as intensity
+
+    monkeypatch.setattr(intensity, "_warned_narrow", False)
+    img = MetaTensor(torch.linspace(0, 4080, 64).reshape(1, 8, 8), meta={"filename_or_obj": "xray.png", "mode": "I;16"})
+    with pytest.warns(UserWarning, match="xray.png: a 16-bit picture whose values reach only 4080 of 65535.*percentile"):
+        ScaleToUnit("bit_depth")(img)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ScaleToUnit("bit_depth")(img)  # once per process, not once per image
+
+
 # --- units: every route out writes the input's units (ct-hu-units) ------------------------------------------
 
 

@@ -94,6 +94,24 @@ def _bit_depth(img: torch.Tensor, src: str) -> int:
     )
 
 
+_warned_narrow = False
+
+
+def _warn_narrow_range(img: torch.Tensor, top: float, src: str) -> None:
+    """Say once per process when 16-bit pictures hold 12-bit (or fewer) data: the network then sees
+    them nearly black, in 1/16 of its input range; the output keeps the file's units either way."""
+    global _warned_narrow
+    hi = float(img.max())
+    if _warned_narrow or top < 65535 or hi >= 4096 or hi <= 0:
+        return
+    _warned_narrow = True
+    warnings.warn(
+        f"{src}: a 16-bit picture whose values reach only {hi:g} of 65535 (12-bit data?), scaled by its bit depth "
+        "it fills 1/16 of the model's input range or less; --intensity percentile scales each image to its content.",
+        stacklevel=3,
+    )
+
+
 class ScaleToUnit(Transform):
     """Scale an image to ``[0, 1]``, check the result, and record the map in ``meta["intensity"]``.
 
@@ -127,7 +145,9 @@ class ScaleToUnit(Transform):
         """``(a_min, a_max)`` for ``img`` under this mode."""
         src = describe_source(img)
         if self.mode == "bit_depth":
-            return 0.0, float(2 ** _bit_depth(img, src) - 1)
+            top = float(2 ** _bit_depth(img, src) - 1)
+            _warn_narrow_range(img, top, src)
+            return 0.0, top
         if self.mode == "uint8":
             above = float((torch.as_tensor(img) > 255).float().mean())
             if above > 0.01:
