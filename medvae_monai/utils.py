@@ -32,8 +32,11 @@ def ensure_writable_dir(path: str | os.PathLike, dataset_dir: str | os.PathLike 
             reconstructions) as data. A datalist or image file is not scanned, so it does not count.
 
     Raises:
-        InputError: the folder cannot be created or written, or lies inside the dataset folder.
+        InputError: no folder (null), or it cannot be created or written, or it lies inside the
+            dataset folder.
     """
+    if path in (None, ""):
+        raise InputError("--output_dir is null; give the folder to write into.")
     p = Path(path)
     if dataset_dir not in (None, "") and Path(dataset_dir).is_dir():
         data = Path(dataset_dir).resolve()
@@ -93,8 +96,10 @@ def load_state_dict(
         option: the command-line option that names this checkpoint, for the error message.
 
     Raises:
-        InputError: the file is missing, corrupt, or holds pickled objects rather than tensors.
+        InputError: no path (null), the file is missing or corrupt, or it holds pickled objects rather than tensors.
     """
+    if path in (None, ""):
+        raise InputError(f"{option} is null, and this config needs weights; pass a checkpoint file with {option}.")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"checkpoint {str(p)!r} does not exist; pass an existing file with {option}.")

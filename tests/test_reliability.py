@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from monai.transforms import Compose, Identityd
 from PIL import Image
 
-from medvae_monai.data import ImageSource, make_dataset
+from medvae_monai.data import CheckedCacheDataset, ImageSource, make_dataset
 from medvae_monai.errors import InputError
 from medvae_monai.networks import MedVAE
 from medvae_monai.utils import atomic_write_json, ensure_writable_dir, load_state_dict, load_weights
@@ -204,6 +205,9 @@ def test_mixed_sizes_go_one_at_a_time_in_inference_and_are_refused_in_training(t
     with refused(f'batches of 8 cannot be stacked.*--spatial_size "{re.escape(str(largest))}".*--batch_size 1', "a.png", "b.png"):
         mixed.batch_size_for(8, training=True)
     assert mixed.batch_size_for(1, training=True) == 1
+    source = ImageSource(root)  # a config's Compose around the source's (infer_classifier.yaml) is cached too
+    nested = CheckedCacheDataset(source.items("all"), Compose([source.preprocessing(), Identityd("image")]))
+    assert isinstance(nested.data[0]["image"], torch.Tensor) and nested.batch_size_for(32) == 1
     fixed = make_dataset(root, "all", spatial_size=(16, 16))  # the fix the message gives
     assert fixed[1]["image"].shape == (1, 16, 16) and fixed.batch_size_for(8, training=True) == 8
 
@@ -367,6 +371,10 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
         with refused("not writable", "/proc/medvae-out"):
             ensure_writable_dir("/proc/medvae-out")
     assert ensure_writable_dir(tmp_path / "new" / "out").is_dir()  # a writable one is created
+    with refused("--output_dir is null"):
+        ensure_writable_dir(None)
+    with refused("--ckpt_path is null.*pass a checkpoint file"):
+        load_state_dict(None)
 
 
 @pytest.mark.slow

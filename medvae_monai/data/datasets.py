@@ -47,6 +47,7 @@ class CheckedCacheDataset(Dataset):
 
     def __init__(self, data: Sequence[dict], transform, skip_bad: bool = False, num_workers: int | None = 1) -> None:
         chain = transform if isinstance(transform, Compose) else Compose(transform)
+        chain = chain.flatten()  # a nested Compose is Randomizable: it would end the cached prefix at once
         self.chain = chain
         self.first_random = chain.get_index_of_first(
             lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
