@@ -51,7 +51,11 @@ def test_training_resumes_from_last_checkpoint(phantom_run, tmp_path):
     # other data in the same output folder (here a different training set) is refused, not mixed in
     proc = run_bundle("training", "bundle/configs/train.yaml", "--max_items", "16", "--batch_size", "8", "--max_epochs", "3",
                       "--output_dir", str(run), check=False)  # fmt: skip
-    assert proc.returncode != 0 and "written for other data" in proc.stdout and "--resume false" in proc.stdout
+    assert proc.returncode != 0 and "written for other data or settings" in proc.stdout and "--resume false" in proc.stdout
+    # so is another batch size: ignite would keep the saved iterations per epoch (a fraction of the data)
+    proc = run_bundle("training", "bundle/configs/train.yaml", "--max_items", "32", "--batch_size", "4", "--max_epochs", "3",
+                      "--output_dir", str(run), check=False)  # fmt: skip
+    assert proc.returncode != 0 and '"batch_size": 8' in proc.stdout and '"batch_size": 4' in proc.stdout
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["trainer"]["iteration"] == 8
 
 

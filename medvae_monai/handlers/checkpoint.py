@@ -57,10 +57,11 @@ class TorchRNGState:
 
 
 class RunIdentity:
-    """What a run trains on (e.g. the dataset folder and its number of training items), kept in ``last.pt``.
+    """What a run trains on (the dataset folder, its number of training items, the batch size), kept in ``last.pt``.
 
     Resuming in an output folder written for other data would silently mix two trainings (and pick
-    ``best.pt`` by comparing metrics across datasets), so loading a different identity raises.
+    ``best.pt`` by comparing metrics across datasets), and with another batch size ignite would keep
+    the saved iterations per epoch (a fraction of the data each epoch), so a different identity raises.
     Stored as UTF-8 JSON bytes in a tensor, which ``weights_only=True`` loads.
 
     Raises:
@@ -80,7 +81,8 @@ class RunIdentity:
         saved = bytes(state["identity_utf8"].tolist()).decode()
         if saved != self._text():
             raise InputError(
-                f"the checkpoint to resume was written for other data ({saved}), and this run has {self._text()}: "
+                f"the checkpoint to resume was written for other data or settings ({saved}), and this run has "
+                f"{self._text()}: "
                 "use a new --output_dir, or --resume false to start over in this one."
             )
 
