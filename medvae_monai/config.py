@@ -147,15 +147,23 @@ def check_overlay_keys(files: Sequence[str]) -> None:
     their own (``ddp_network``), so only a key that is not in the base and nearly equals a base id
     (difflib ratio >= 0.85: one or two letters off) is refused.
 
+    Bounded settings (``batch_size: 0``) are checked as on the command line.
+
     Raises:
-        InputError: naming the overlay file, the key and the base id it nearly matches.
+        InputError: naming the overlay file, the key and the base id it nearly matches, or a value
+            out of its setting's range.
     """
     if len(files) < 2:
         return
     base = config_ids(ConfigParser.load_config_file(files[0]))
     for overlay in files[1:]:
-        for key in ConfigParser.load_config_file(overlay):
+        for key, value in ConfigParser.load_config_file(overlay).items():
             name = str(key).lstrip("+")
+            if (name in _AT_LEAST or name in _ABOVE) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                try:  # the command line's bounds hold for overlay values too
+                    parse_setting(name, str(value), value)
+                except InputError as e:
+                    raise InputError(f"{overlay}: {e}".replace(f"--{name} ", f"{name}: ", 1)) from None
             if name in base:
                 continue
             close = difflib.get_close_matches(name, sorted(base), n=1, cutoff=0.85)

@@ -174,6 +174,9 @@ def test_overlay_key_that_misspells_a_base_id_is_refused(tmp_path: Path) -> None
     (tmp_path / "ov.yaml").write_text("my_schedule: 3\nbatchsize: 8\n")
     with pytest.raises(InputError, match="ov.yaml: key 'batchsize' .*did you mean 'batch_size'"):
         check_overlay_keys([base, str(tmp_path / "ov.yaml")])
+    (tmp_path / "bs0.yaml").write_text("batch_size: 0\n")
+    with pytest.raises(InputError, match="bs0.yaml: batch_size: '0': out of range; give a number >= 1"):
+        check_overlay_keys([base, str(tmp_path / "bs0.yaml")])
 
 
 def test_drop_last_counts_each_ranks_share() -> None:

@@ -12,6 +12,8 @@ from monai.networks.layers import Conv
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import InputError
+
 __all__ = ["MedVAE", "ResBlock", "LatentAttention", "depth_to_space", "space_to_depth"]
 
 
@@ -220,13 +222,15 @@ class MedVAE(nn.Module):
                 and below ``tile_size``.
 
         Raises:
-            ValueError: sizes that are not multiples of ``downsample_factor``.
+            InputError: (a ``ValueError``) sizes that are not multiples of ``downsample_factor``, or an
+                overlap not below ``tile_size``.
         """
         f = self.downsample_factor
         if tile_size is not None and (tile_size % f or overlap % f or not 0 <= overlap < tile_size):
-            raise ValueError(
-                f"enable_tiling: tile_size {tile_size} and overlap {overlap} must be multiples of the downsampling "
-                f"factor {f} with 0 <= overlap < tile_size, e.g. tile_size={64 * f}, overlap={8 * f}."
+            raise InputError(
+                f"tiling: tile size {tile_size} and overlap {overlap} must be multiples of the downsampling factor {f} "
+                f"with 0 <= overlap < tile size, e.g. {64 * f} and {8 * f} (on the command line --tile_size and "
+                "--tile_overlap, --overlap on encoding)."
             )
         self.tile_size = None if tile_size is None else int(tile_size)
         self.tile_overlap = int(overlap)
