@@ -19,6 +19,7 @@ from .utils import load_weights
 
 __all__ = [
     "check_cli_overrides",
+    "check_device",
     "config_ids",
     "drop_last_for",
     "load_bundle_network",
@@ -68,6 +69,7 @@ _AT_LEAST = {
     "codec_rdoq_iterations": 0,
 }
 _ABOVE = {"learning_rate": 0, "restoration_lr": 0}
+_ONE_OF = {"spatial_dims": (2, 3)}
 
 
 def parse_setting(key: str, raw: str, default: object) -> object:
@@ -102,6 +104,8 @@ def parse_setting(key: str, raw: str, default: object) -> object:
     whole = isinstance(default, int) or (not isinstance(default, float) and key in _AT_LEAST and number.is_integer())
     if isinstance(default, int) and not number.is_integer():
         raise InputError(f"--{key} {raw!r}: an integer setting; give a whole number (default {default!r}).")
+    if key in _ONE_OF and number not in _ONE_OF[key]:
+        raise InputError(f"--{key} {raw!r}: give one of {', '.join(map(str, _ONE_OF[key]))}.")
     if key in _AT_LEAST and number < _AT_LEAST[key] or key in _ABOVE and number <= _ABOVE[key]:
         limit = f">= {_AT_LEAST[key]}" if key in _AT_LEAST else f"> {_ABOVE[key]}"
         raise InputError(f"--{key} {raw!r}: out of range; give a number {limit} (default {default!r}).")
@@ -218,6 +222,8 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
                 f"unknown config override --{name}: no id '{name}' in {', '.join(files)}.{hint} "
                 "Check the spelling, or add the id to the config."
             )
+    if "device" in values:
+        check_device(values["device"])
     parser = _running_parser()
     for name, raw in values.items():
         if name in _RUN_ARGS:
@@ -225,6 +231,25 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
         typed = parse_setting(name, raw, defaults.get(name))
         if typed is not _UNTYPED and parser is not None:
             _set_unresolved(parser, name, typed)
+
+
+def check_device(name: str) -> torch.device:
+    """The ``torch.device`` that ``--device name`` asks for, if PyTorch can use it here.
+
+    Raises:
+        InputError: not a device name, or a GPU that this machine does not have.
+    """
+    try:
+        device = torch.device(str(name).strip())
+    except RuntimeError:
+        raise InputError(f"--device {name!r}: not a device name; give cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else "no CUDA GPU"
+        raise InputError(
+            f"--device {name!r}: PyTorch sees {have} here; give --device cpu, or leave --device out "
+            "(the default takes the GPU when there is one)."
+        )
+    return device
 
 
 def load_bundle_network(

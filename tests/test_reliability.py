@@ -17,15 +17,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from ignite.engine import Engine, Events
 from monai.transforms import Compose, Identityd
 from PIL import Image
 
+from medvae_monai.config import check_device, parse_setting
 from medvae_monai.data import CheckedCacheDataset, ImageSource, make_dataset
 from medvae_monai.errors import InputError
+from medvae_monai.handlers import StopOnDivergence
 from medvae_monai.networks import MedVAE
 from medvae_monai.utils import atomic_write_json, ensure_writable_dir, load_state_dict, load_weights
 
-from .conftest import data_path, run_bundle
+from .conftest import REPO, data_path, run_bundle
 
 RNG = np.random.default_rng(0)
 
@@ -375,6 +378,38 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
         ensure_writable_dir(None)
     with refused("--ckpt_path is null.*pass a checkpoint file"):
         load_state_dict(None)
+
+
+def test_a_checkpoint_of_an_overlay_names_the_overlay() -> None:
+    """The factor-8 weights given to the default VAE: the message gives the overlay that builds them."""
+    with refused(r"the weights of the overlay .*vae_f8c4\.yaml: list that after the base config", "vae_f8c4.pt"):
+        load_weights(MedVAE(2, 1), REPO / "bundle" / "models" / "vae_f8c4.pt")
+
+
+def test_settings_that_cannot_run_here_are_refused_in_one_line(tmp_path: Path) -> None:
+    with refused("--spatial_dims '4': give one of 2, 3"):
+        parse_setting("spatial_dims", "4", 2)
+    with refused(r"spatial_size \[32, 32, 32\]: give 2 positive sizes for spatial_dims 2"):
+        ImageSource(tmp_path, spatial_size=[32, 32, 32])
+    with refused("--device 'gpu7': not a device name"):
+        check_device("gpu7")
+    if not torch.cuda.is_available():
+        with refused("--device 'cuda': PyTorch sees no CUDA GPU here; give --device cpu"):
+            check_device("cuda")
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_diverged_training_fails_before_anything_is_saved() -> None:
+    """ignite's TerminateOnNan would still fire COMPLETED (where model.pt is written); this raises first."""
+    losses = iter([1.0, float("nan"), 1.0])
+    engine = Engine(lambda e, batch: {"loss": torch.tensor(next(losses)), "kl": torch.tensor(0.5)})
+    StopOnDivergence().attach(engine)
+    fired = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: fired.append("epoch"))
+    engine.add_event_handler(Events.COMPLETED, lambda e: fired.append("completed"))
+    with refused("training diverged: loss nan at epoch 1, iteration 2.*Lower --learning_rate"):
+        engine.run([0, 1, 2], max_epochs=1)
+    assert fired == []
 
 
 @pytest.mark.slow

@@ -132,6 +132,15 @@ class ImageSource:
         if intensity not in INTENSITY_MODES:
             raise InputError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}.")
         self.dataset_dir = None if _no_dataset(dataset_dir) else Path(dataset_dir)
+        if spatial_dims not in (2, 3):
+            raise InputError(f"spatial_dims {spatial_dims!r}: give 2 (pictures) or 3 (volumes).")
+        if spatial_size is not None and (
+            isinstance(spatial_size, (str, int)) or len(spatial_size) != spatial_dims or min(spatial_size) < 1
+        ):
+            raise InputError(
+                f"spatial_size {spatial_size!r}: give {spatial_dims} positive sizes for spatial_dims {spatial_dims} "
+                f"(e.g. --spatial_size \"{[64] * spatial_dims}\"), or null to keep each image's size."
+            )
         self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
         self.spatial_size = None if spatial_size is None else [int(s) for s in spatial_size]

@@ -1,4 +1,5 @@
 from .checkpoint import ResumableCheckpoint
+from .divergence import StopOnDivergence
 from .heads import HeadMetricsWriter, PredictionWriter, classification_metrics, segmentation_metrics
 from .metrics import SSIM, MetricsWriter
 from .progress import ProgressBar, progress_enabled
@@ -7,6 +8,7 @@ from .schedules import KLWarmup
 
 __all__ = [
     "SSIM",
+    "StopOnDivergence",
     "HeadMetricsWriter",
     "KLWarmup",
     "MetricsWriter",
