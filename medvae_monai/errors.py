@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from types import TracebackType
@@ -56,3 +57,29 @@ def install_cli_excepthook() -> None:
 
     hook._medvae = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+    if not os.environ.get("MEDVAE_DEBUG"):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_input_error_logs)
+        # the loggers that report an engine's exception: they do not propagate to the root (or get
+        # their handlers later), and a logger's own filter sees every record it logs
+        for name in _ENGINE_LOGGERS:
+            logging.getLogger(name).addFilter(_drop_input_error_logs)
+
+
+_ENGINE_LOGGERS = ("monai.handlers.StatsHandler",) + tuple(
+    f"ignite.engine.engine.{engine}" for engine in ("VAETrainer", "HeadTrainer", "SupervisedTrainer", "SupervisedEvaluator")
+)
+
+
+def _drop_input_error_logs(record: logging.LogRecord) -> bool:
+    """Drop error logs of an :class:`InputError` that the excepthook prints as one line anyway.
+
+    ignite's engine and MONAI's ``StatsHandler`` log an exception raised in a handler (at ERROR,
+    the latter with its traceback) before re-raising it; for bad input that buried the one line.
+    ignite logs inside its ``except`` block, so ``sys.exc_info()`` names the exception even where
+    the record carries none.
+    """
+    if record.levelno < logging.ERROR:
+        return True
+    exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    return find_input_error(exc) is None

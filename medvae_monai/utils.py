@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from .errors import InputError
 
@@ -45,14 +47,30 @@ def ensure_writable_dir(path: str | os.PathLike, dataset_dir: str | os.PathLike 
                 f"--output_dir {str(p)!r} is inside the dataset folder {str(dataset_dir)!r}: the next run on that "
                 "folder would read the outputs as data; choose an --output_dir outside it."
             )
+    created = [d for d in (p.absolute(), *p.absolute().parents) if not d.exists()]
     try:
         p.mkdir(parents=True, exist_ok=True)
+        if created:
+            atexit.register(_remove_if_empty, created)
         fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise InputError(f"output folder {str(p)!r} is not writable ({e.strerror}); choose another --output_dir.") from None
     return p
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """At exit, remove the folders (deepest first) that this process created and left empty.
+
+    A run refused at start-up (a missing checkpoint, a bad setting) would otherwise leave an empty
+    ``--output_dir`` behind, which looks like a run that wrote nothing.
+    """
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # written into (or gone): keep it and its parents
+            return
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -176,6 +194,22 @@ def _is_head_state(state: Mapping[str, object]) -> bool:
     return any(k.startswith("head.") for k in state) and any(k.startswith("vae.") for k in state)
 
 
+def _configs_for(path: str | os.PathLike) -> str:
+    """How to run a bundle checkpoint (``<bundle>/models/x.pt``) with the configs that name it."""
+    p = Path(path).resolve()
+    configs = p.parent.parent / "configs"
+    named = sorted(c for c in configs.glob("*.yaml") if f"/models/{p.name}" in c.read_text(errors="replace"))
+    if p.parent.name != "models" or not named:
+        return "use the config it was trained with (spatial_dims, in_channels, channels, ...)"
+    overlays = [c for c in named if not {"initialize", "+initialize"} & set(yaml.safe_load(c.read_text()) or {})]
+    if overlays:  # an overlay holds only the architecture and the weights, so it goes after a base config
+        return (
+            f"it is the weights of the overlay {overlays[0]}: list that after the base config, "
+            f"--config_file \"['bundle/configs/<config>.yaml', 'bundle/configs/{overlays[0].name}']\""
+        )
+    return f"the bundle's configs that use it are {', '.join(c.name for c in named)}"
+
+
 def load_weights(
     network: torch.nn.Module,
     path: str | os.PathLike,
@@ -221,7 +255,6 @@ def load_weights(
         detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
         raise InputError(
             f"{path}: the checkpoint does not fit this {type(network).__name__} ({detail[:400]}). It was trained with "
-            "another architecture: use the config it was trained with (spatial_dims, in_channels, channels, ...) or "
-            f"another {option}."
+            f"another architecture: {_configs_for(path)}, or give another {option}."
         ) from None
     return network

@@ -56,6 +56,7 @@ def test_training_resumes_from_last_checkpoint(phantom_run, tmp_path):
     proc = run_bundle("training", "bundle/configs/train.yaml", "--max_items", "32", "--batch_size", "4", "--max_epochs", "3",
                       "--output_dir", str(run), check=False)  # fmt: skip
     assert proc.returncode != 0 and '"batch_size": 8' in proc.stdout and '"batch_size": 4' in proc.stdout
+    assert "Traceback" not in proc.stdout and "ERROR" not in proc.stdout  # one line, not ignite's and MONAI's logs of it
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["trainer"]["iteration"] == 8
 
 

@@ -147,6 +147,7 @@ def test_infer_classifier_without_its_checkpoint_names_the_checkpoint(tmp_path):
     assert proc.returncode != 0
     assert f"checkpoint '{missing}' does not exist" in proc.stdout and "--ckpt_path" in proc.stdout
     assert "num_classes" not in proc.stdout
+    assert not (tmp_path / "out").exists()  # a run refused at start-up leaves no empty output folder
 
 
 def test_classifier_class_names_say_why_there_are_too_few(tmp_path):
