@@ -51,7 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from tasks import TASKS, load_split, pretrained_vae, train  # noqa: E402
+from harness import train  # noqa: E402
+from tasks import TASKS, load_split, pretrained_vae  # noqa: E402
 
 from medvae_monai.anomaly import AnomalyInferer, NormativeReference, image_score  # noqa: E402
 from medvae_monai.data import CheckedCacheDataset, ImageSource  # noqa: E402

@@ -43,7 +43,8 @@ from anomaly3d import committed_nodule_vae  # noqa: E402
 from nodules import CLASS_NAMES as NODULE_CLASSES  # noqa: E402
 from nodules import HEAD_CHANNELS as NODULE_HEAD  # noqa: E402
 from nodules import load_split as load_nodules  # noqa: E402
-from tasks import MAX_VAL, TASKS, BestOnValidation, evaluate, load_split, task_vae, train  # noqa: E402
+from harness import BestOnValidation, evaluate, train  # noqa: E402
+from tasks import MAX_VAL, TASKS, load_split, task_vae  # noqa: E402
 
 from medvae_monai.data import ImageSource, class_weights  # noqa: E402
 from medvae_monai.engines import HeadTrainer  # noqa: E402

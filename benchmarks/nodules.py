@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from nodule_report import CLASS_NAMES, PUBLISHED, binary_metrics, figure, markdown, uncertainty  # noqa: E402
-from tasks import BestOnValidation, Budget, evaluate, n_params  # noqa: E402
+from harness import BestOnValidation, Budget, evaluate, n_params  # noqa: E402
 
 import medvae_monai.data  # noqa: E402
 from medvae_monai.engines import HeadTrainer, ImageTarget  # noqa: E402

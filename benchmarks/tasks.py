@@ -39,9 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
 from monai.engines import SupervisedTrainer
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.nets import UNet, resnet18
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
@@ -51,7 +49,6 @@ sys.path.insert(0, str(REPO))
 
 from medvae_monai.data import CheckedCacheDataset, ImageSource, class_weights  # noqa: E402
 from medvae_monai.engines import HeadTrainer, ImageTarget, VAETrainer  # noqa: E402
-from medvae_monai.handlers import classification_metrics, segmentation_metrics  # noqa: E402
 from medvae_monai.latents import cache_latents  # noqa: E402
 from medvae_monai.losses import ClassificationLoss, ELBOLoss, SegmentationLoss  # noqa: E402
 from medvae_monai.networks import (  # noqa: E402
@@ -62,6 +59,7 @@ from medvae_monai.networks import (  # noqa: E402
     MedVAE,
 )
 from medvae_monai.config import load_bundle_network  # noqa: E402
+from harness import BestOnValidation, Budget, evaluate, n_params, train  # noqa: E402
 from medvae_monai.utils import atomic_write, atomic_write_json  # noqa: E402
 
 # published MedMNIST v2 ResNet-18 (28) test figures (Yang et al., Scientific Data 2023)
@@ -88,7 +86,6 @@ TASKS: dict[str, dict] = {
 DEFAULT_TASKS = [t for t in TASKS if t != "lungct_phantom"]
 LATENT_CHANNELS = 4  # the task VAEs' latent: 16x fewer elements than pixels (factor 4 in 2D)
 MAX_VAL = 300  # validation images per task (evenly spaced), scored at each selection point
-SELECTION_POINTS = 8  # validations per training budget (plus one at its end)
 TARGETS = {"auroc_gap": 0.01, "dice_gap": 0.03, "train_speedup": 20.0}
 
 
@@ -107,112 +104,6 @@ def load_split(spec: dict, root: Path, split: str, max_items: int | None) -> tup
             item["label"] = int(d["label"])
         out.append(item)
     return out, spec.get("names") or source.class_names
-
-
-class Budget:
-    """Stops an ignite engine after ``seconds`` of training iterations; counts images and time.
-
-    Time spent outside iterations (validation) is not counted. ``select`` is called ``points``
-    times at even steps of the budget and once at its end.
-    """
-
-    def __init__(self, seconds: float, select=None, points: int = SELECTION_POINTS) -> None:
-        self.seconds = seconds
-        self.images = 0
-        self.elapsed = 0.0
-        self.select = select
-        self.next_select = seconds / points
-
-    def attach(self, engine) -> None:
-        engine.add_event_handler(Events.GET_BATCH_STARTED, self._start)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
-        if self.select is not None:
-            engine.add_event_handler(Events.COMPLETED, lambda _: self.select())
-
-    def _start(self, engine) -> None:
-        self._t0 = time.perf_counter()
-
-    def _step(self, engine) -> None:
-        self.elapsed += time.perf_counter() - self._t0
-        batch = engine.state.batch  # a list of items once the trainer decollated it
-        self.images += len(batch) if isinstance(batch, list) else len(next(iter(batch.values())))
-        if self.elapsed > self.seconds:
-            engine.terminate()
-        elif self.select is not None and self.elapsed >= self.next_select:
-            self.select()
-            self.next_select += self.seconds / SELECTION_POINTS
-
-
-class BestOnValidation:
-    """Scores a network on the validation split and keeps a copy of its best state.
-
-    ``score`` (network -> float) replaces :func:`evaluate` on ``val``, e.g. for a head scored on
-    cached latents."""
-
-    def __init__(self, network: torch.nn.Module, spec: dict, val: list[dict], names: list[str], score=None) -> None:
-        self.network, self.spec, self.val, self.names = network, spec, val, names
-        self.metric = "dice" if spec["type"] == "seg" else "auroc"
-        self.score = score or (lambda net: evaluate(net, spec, val, names)[self.metric])
-        self.best, self.state, self.history = -1.0, None, []
-
-    def __call__(self, _engine=None) -> None:
-        score = self.score(self.network) or 0.0
-        self.history.append(round(score, 4))
-        if score > self.best:
-            self.best, self.state = score, copy.deepcopy(self.network.state_dict())
-        self.network.train()
-
-    def restore(self) -> dict:
-        """Load the best state; returns what to record about the selection."""
-        self.network.load_state_dict(self.state)
-        return {f"val_{self.metric}": round(self.best, 4), f"val_{self.metric}_history": self.history}
-
-
-def train(trainer_cls, seconds: float, loader, network, optimizer, loss, selector=None, **kwargs) -> Budget:
-    budget = Budget(seconds, selector)
-    trainer = trainer_cls(
-        device="cpu", max_epochs=10_000, train_data_loader=loader, network=network, optimizer=optimizer,
-        loss_function=loss, train_handlers=[budget], **kwargs,
-    )
-    trainer.run()
-    return budget
-
-
-def n_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-@torch.no_grad()
-def evaluate(network, spec: dict, test: list[dict], names: list[str], batch_size: int = 64) -> dict:
-    """Test metrics and inference images per second (from images, encoder included)."""
-    network.eval()
-    seg = spec["type"] == "seg"
-    probs, targets = [], []
-    k = len(spec["labels"]) + 1 if seg else len(names)
-    dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
-    hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="mean_batch")
-    t_net = 0.0
-    for start in range(0, len(test), batch_size):
-        chunk = test[start : start + batch_size]
-        x = torch.stack([d["image"] for d in chunk])
-        t0 = time.perf_counter()
-        out = network(x)
-        t_net += time.perf_counter() - t0
-        if seg:
-            y = torch.stack([d["mask"] for d in chunk]).long()
-            pred = torch.nn.functional.one_hot(out.argmax(1), k).movedim(-1, 1).float()
-            onehot = torch.nn.functional.one_hot(y[:, 0], k).movedim(-1, 1).float()
-            dice(pred, onehot)
-            hd95(pred, onehot)
-        else:
-            probs.append(torch.softmax(out, 1))
-            targets.append(torch.nn.functional.one_hot(torch.tensor([d["label"] for d in chunk]), k).float())
-    if seg:
-        metrics = segmentation_metrics(dice, hd95, spec["labels"])
-    else:
-        metrics = classification_metrics(torch.cat(probs), torch.cat(targets), names)
-    metrics["infer_img_per_s"] = len(test) / t_net
-    return metrics
 
 
 def train_vae(train_items: list[dict], dims: int, seconds: float) -> tuple[MedVAE, dict]:
