@@ -500,6 +500,25 @@ def test_affine_in_is_affine_out_through_the_store(tmp_path: Path, suffix: str, 
     np.testing.assert_allclose(nib.load(out).affine, _AFFINES[name], atol=1e-3)
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_2d_itk_image_with_origin_and_direction_keeps_its_geometry(tmp_path: Path, suffix: str) -> None:
+    """Breaker round 3, finding 1: the header check took a 2D file's origin from the z column (0), so every
+    2D MHA/NRRD with a non-zero origin was refused as 'differs from the file's header'."""
+    import itk
+
+    t = 0.3
+    direction = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    img = itk.image_from_array(np.arange(24 * 20, dtype=np.float32).reshape(24, 20))  # ITK arrays are y, x
+    img.SetSpacing([0.5, 0.7])
+    img.SetOrigin([-100.0, -120.0])
+    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
+    itk.imwrite(img, str(tmp_path / f"p{suffix}"))
+    lps = np.eye(3)
+    lps[:2, :2], lps[:2, 2] = direction * [0.5, 0.7], [-100.0, -120.0]
+    x = _load(tmp_path / f"p{suffix}", spatial_dims=2)
+    np.testing.assert_allclose(np.asarray(x.affine), np.diag([-1.0, -1.0, 1.0]) @ lps, atol=1e-3)
+
+
 def test_nifti_sform_and_qform_disagree_keeps_nibabels_affine(tmp_path: Path) -> None:
     path = tmp_path / "v.nii.gz"
     img = nib.Nifti1Image(np.indices((16, 12, 8)).sum(0).astype(np.float32), _AFFINES["oblique"])

@@ -53,9 +53,10 @@ def header_affine(path: str | os.PathLike) -> np.ndarray | None:
 
 
 def _as4x4(affine: np.ndarray, n: int) -> np.ndarray:
-    """The top-left ``n - 1`` spatial block and translation of ``affine`` in a 4x4 (2D affines are 3x3)."""
+    """The top-left ``n - 1`` spatial block and translation (the last column, whatever the affine's own
+    size: a header's 4x4 is compared with a 2D image's 3x3) of ``affine`` in a 4x4."""
     out = np.eye(4)
-    out[: n - 1, : n - 1], out[: n - 1, 3] = affine[: n - 1, : n - 1], affine[: n - 1, n - 1]
+    out[: n - 1, : n - 1], out[: n - 1, 3] = affine[: n - 1, : n - 1], affine[: n - 1, -1]
     return out
 
 
@@ -89,10 +90,11 @@ def check_header_affine(img: torch.Tensor, path: str | os.PathLike) -> torch.Ten
             fixed[: n - 1, n - 1] = torch.from_numpy(want[: n - 1, 3])
             img.affine = fixed
             return img
+    fix = "nibabel: img.set_qform(img.affine)" if str(path).lower().endswith((".nii", ".nii.gz")) else "ITK: itk.imwrite"
     raise InputError(
         f"{path}: the reader's affine {np.round(g, 4).tolist()} differs from the file's header "
         f"{np.round(w, 4).tolist()}; refusing rather than placing outputs elsewhere. Re-save the file with one "
-        "consistent affine (e.g. nibabel: img.set_qform(img.affine))."
+        f"consistent affine (e.g. {fix})."
     )
 
 
