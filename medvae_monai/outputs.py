@@ -29,6 +29,7 @@ from .errors import InputError
 
 __all__ = [
     "ContainedFolderLayout",
+    "OutputNames",
     "contained_path",
     "output_path_for",
     "safe_relative_name",
@@ -193,6 +194,32 @@ def output_path_for(
     return contained_path(output_dir, name.with_name(stem + ext), [src] if inputs is None else inputs, root)
 
 
+class OutputNames:
+    """The input each output path was given to, so that two inputs never share one output.
+
+    Output names drop the image suffix, so ``x.nii`` and ``x.nii.gz`` (or ``a.png`` and ``a.jpeg``)
+    in one folder map to one ``x_recon.nii.gz``: the second would silently replace the first. Every
+    writer that names outputs after inputs claims each path here first.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[Path, str] = {}
+
+    def claim(self, path: Path, source: str | os.PathLike) -> Path:
+        """Record ``path`` as ``source``'s output and return it.
+
+        Raises:
+            InputError: ``path`` was already given to another input, naming both inputs and the fix.
+        """
+        first = self._sources.setdefault(Path(os.path.abspath(path)), str(source))
+        if first != str(source):
+            raise InputError(
+                f"{path}: the inputs {first} and {source} both map to this output name (they differ only in their "
+                "suffix); rename or move one of them, or list them in separate runs with separate --output_dir."
+            )
+        return path
+
+
 class ContainedFolderLayout(FolderLayoutBase):
     """MONAI ``SaveImage(d)`` folder layout whose file names come from :func:`output_path_for`.
 
@@ -213,10 +240,17 @@ class ContainedFolderLayout(FolderLayoutBase):
         self.root = root
         self.postfix = postfix
         self.extension = extension if not extension or extension.startswith(".") else f".{extension}"
+        self.names = OutputNames()
 
     def filename(self, subject: str | os.PathLike = "subject", idx=None, **kwargs) -> str:
+        """The contained output path of ``subject`` (created folders included).
+
+        Raises:
+            InputError: see :func:`output_path_for` and :meth:`OutputNames.claim`.
+        """
         postfix = "_".join(str(p) for p in (self.postfix, idx, *(f"{k}-{v}" for k, v in kwargs.items())) if p not in (None, ""))
         path = output_path_for(subject, self.output_dir, self.root, postfix, self.extension or ".nii.gz")
+        self.names.claim(path, subject)
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
 

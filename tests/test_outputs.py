@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medvae_monai.errors import InputError
 from medvae_monai.outputs import ContainedFolderLayout, contained_path, output_path_for, safe_relative_name
+
+from .conftest import run_bundle
 
 
 @pytest.mark.parametrize(
@@ -79,6 +82,30 @@ def test_folder_layout_for_save_imaged(tmp_path: Path) -> None:
     layout = ContainedFolderLayout(tmp_path / "out", tmp_path / "lists", "recon", ".nii.gz")
     name = layout.filename(subject=str(tmp_path / "vols" / "case0.nii.gz"), idx=None)
     assert Path(name) == tmp_path / "out" / "vols" / "case0_recon.nii.gz"
+
+
+def test_two_inputs_that_differ_only_in_suffix_never_share_an_output(tmp_path: Path) -> None:
+    """Breaker round 3, finding 2: x.nii.gz and x.nii (or a.png and a.jpeg) both became x_recon.nii.gz, and
+    the second silently replaced the first; the second is now refused naming both inputs."""
+    layout = ContainedFolderLayout(tmp_path / "out", tmp_path, "recon", ".nii.gz")
+    first = layout.filename(subject=str(tmp_path / "a" / "x.nii.gz"))
+    assert layout.filename(subject=str(tmp_path / "a" / "x.nii.gz")) == first  # the same input again is fine
+    with pytest.raises(InputError, match=r"x_recon\.nii\.gz: the inputs .*x\.nii\.gz and .*x\.nii both map"):
+        layout.filename(subject=str(tmp_path / "a" / "x.nii"))
+
+
+@pytest.mark.slow
+def test_inference_refuses_inputs_that_would_share_an_output(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "data" / "k").mkdir(parents=True)
+    pic = Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))
+    pic.save(tmp_path / "data" / "k" / "a.png")
+    pic.save(tmp_path / "data" / "k" / "a.jpeg")
+    proc = run_bundle("inferring", "bundle/configs/inference.yaml", "--dataset_dir", str(tmp_path / "data"),
+                      "--output_dir", str(tmp_path / "out"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "both map to this output name" in proc.stdout
+    assert "a.png" in proc.stdout and "a.jpeg" in proc.stdout and "Traceback" not in proc.stdout
 
 
 _segment = st.sampled_from(["..", ".", "a", "b", "vols", "x.nii.gz", "y.png", "link"])

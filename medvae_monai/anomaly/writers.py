@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ..errors import describe_source
-from ..outputs import contained_path, output_path_for
+from ..outputs import OutputNames, contained_path, output_path_for
 from ..utils import atomic_write
 from .inferer import image_score
 
@@ -76,8 +76,8 @@ class SaveAnomalyMapd(MapTransform):
         volume: write NIfTI (``.nii.gz``); else ``.npy``.
 
     Raises:
-        InputError: a map path would leave ``output_dir`` or overwrite an input (see
-            :func:`~medvae_monai.outputs.output_path_for`).
+        InputError: a map path would leave ``output_dir``, overwrite an input (see
+            :func:`~medvae_monai.outputs.output_path_for`) or another input's map.
     """
 
     def __init__(self, keys, output_dir: str, root: str | os.PathLike | None, picture_files: bool, volume: bool,
@@ -87,6 +87,7 @@ class SaveAnomalyMapd(MapTransform):
         self.root = root
         self.picture_files = bool(picture_files)
         self.volume = bool(volume)
+        self.names = OutputNames()
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -94,6 +95,7 @@ class SaveAnomalyMapd(MapTransform):
             m = d[key]
             source = describe_source(m)
             path = output_path_for(source, self.output_dir, self.root, ext=".nii.gz" if self.volume else ".npy")
+            self.names.claim(path, source)
             arr = m.as_tensor()[0].numpy().astype(np.float32) if isinstance(m, MetaTensor) else np.asarray(m)[0]
             if self.volume:
                 affine = np.asarray(m.affine, dtype=np.float64) if isinstance(m, MetaTensor) else np.eye(4)

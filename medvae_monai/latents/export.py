@@ -13,8 +13,7 @@ import numpy as np
 from monai.data import MetaTensor, NibabelWriter
 from PIL import Image
 
-from ..errors import InputError
-from ..outputs import output_path_for
+from ..outputs import OutputNames, output_path_for
 from ..utils import atomic_write, ensure_writable_dir
 
 __all__ = ["decode_to", "output_path", "write_decoded"]
@@ -44,13 +43,9 @@ def decode_to(store, output_dir: str | os.PathLike, network, indices: Sequence[i
     ensure_writable_dir(output_dir)
     network.eval()
     idx = range(len(store)) if indices is None else indices
-    seen: set[Path] = set()
-    for dup in (output_path(store, i, output_dir) for i in idx):
-        if dup in seen:
-            raise InputError(
-                f"{dup}: two sources of {store.path} map to this one output name; decode them into separate --output_dir."
-            )
-        seen.add(dup)
+    names = OutputNames()
+    for i in idx:
+        names.claim(output_path(store, i, output_dir), store.records[i]["source"])
     return [write_decoded(store, i, store.decode(i, network, device), output_dir) for i in idx]
 
 
