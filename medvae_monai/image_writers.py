@@ -8,17 +8,50 @@ single-frame DICOM, whose affine keeps the slice position) that call raises ``Ty
 target shape there is nothing to resample, so these subclasses return the data and its affine
 unchanged, as MONAI's own code path does when it works; every other call goes to MONAI.
 
-:func:`register_as_is_writers` puts them first for the extensions MONAI gives to NibabelWriter and
-ITKWriter, through MONAI's public ``register_writer`` hook; ``import medvae_monai`` calls it.
+They, and a PIL writer, also write atomically: MONAI's writers write straight to the final path,
+so a run killed mid-write left a truncated ``.nii.gz`` or PNG under its final name, which every tool
+listing the output folder takes for a result. Here each file goes to a temporary file beside it
+(with the same image suffix, since the writer picks the format by it), is synced, then renamed.
+
+:func:`register_as_is_writers` puts them first for the extensions MONAI gives to NibabelWriter,
+ITKWriter and PILWriter, through MONAI's public ``register_writer`` hook; ``import medvae_monai``
+calls it.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from monai.data import image_writer
-from monai.data.image_writer import ITKWriter, NibabelWriter
+from monai.data.image_writer import ITKWriter, NibabelWriter, PILWriter
 from monai.utils import convert_data_type, convert_to_tensor
 
-__all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "register_as_is_writers"]
+from .utils import file_mode
+
+__all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "AtomicPILWriter", "register_as_is_writers"]
+
+
+class _WriteAtomically:
+    def write(self, filename, verbose: bool = True, **kwargs) -> None:
+        """Write ``filename`` through a synced temporary file beside it, renamed into place.
+
+        A reader (or a run killed mid-write) sees no file or the complete one, never a truncated one.
+        """
+        path = Path(filename)
+        suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+        os.close(fd)
+        try:
+            super().write(tmp, verbose=verbose, **kwargs)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 class _WriteAsIs:
@@ -39,19 +72,23 @@ class _WriteAsIs:
         return out, out_affine
 
 
-class AsIsNibabelWriter(_WriteAsIs, NibabelWriter):
-    """:class:`monai.data.NibabelWriter` that writes unresampled data as it is (see module docstring)."""
+class AsIsNibabelWriter(_WriteAtomically, _WriteAsIs, NibabelWriter):
+    """:class:`monai.data.NibabelWriter` that writes unresampled data as it is, atomically (see module docstring)."""
 
 
-class AsIsITKWriter(_WriteAsIs, ITKWriter):
-    """:class:`monai.data.ITKWriter` that writes unresampled data as it is (see module docstring)."""
+class AsIsITKWriter(_WriteAtomically, _WriteAsIs, ITKWriter):
+    """:class:`monai.data.ITKWriter` that writes unresampled data as it is, atomically (see module docstring)."""
 
 
-_AS_IS = {NibabelWriter: AsIsNibabelWriter, ITKWriter: AsIsITKWriter}
+class AtomicPILWriter(_WriteAtomically, PILWriter):
+    """:class:`monai.data.PILWriter` that writes atomically (see module docstring)."""
+
+
+_AS_IS = {NibabelWriter: AsIsNibabelWriter, ITKWriter: AsIsITKWriter, PILWriter: AtomicPILWriter}
 
 
 def register_as_is_writers() -> None:
-    """Register the as-is writers ahead of MONAI's for every extension that uses NibabelWriter or ITKWriter.
+    """Register the as-is, atomic writers ahead of MONAI's for every extension that uses NibabelWriter, ITKWriter or PILWriter.
 
     Idempotent. MONAI fills its registry lazily on the first ``SaveImage``; it is filled here first
     so that PNG and the other defaults stay registered.

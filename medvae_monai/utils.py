@@ -17,7 +17,7 @@ from .errors import InputError
 
 __all__ = [
     "atomic_write", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "classifier_class_names", "decode_class_names",
-    "ensure_writable_dir", "load_state_dict", "load_weights",
+    "ensure_writable_dir", "file_mode", "load_state_dict", "load_weights",
 ]  # fmt: skip
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) and put it back
@@ -73,6 +73,11 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
+def file_mode() -> int:
+    """The permissions ``open()`` gives a new file (``0666 & ~umask``), for files made by ``mkstemp`` (``0600``)."""
+    return 0o666 & ~_UMASK
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write ``path`` through ``write(file_object)`` into a temporary file, then rename it in place.
 
@@ -83,7 +88,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
