@@ -288,7 +288,7 @@ def test_real_masks_pass_the_grid_check(folder: str, sd: int) -> None:
         ({"training": [{"img": "a.nii.gz"}]}, "entry 0 of 'training' has no 'image' key"),
         ({"training": [{"image": ["a.nii.gz"]}]}, "'image' must be a file path"),
         ({"training": [{"image": "a.nii.gz", "label": {"x": 1}}]}, "'label' must be a file path or an integer"),
-        ({"training": [{"image": "missing.nii.gz"}]}, "entry 0: image .*missing.nii.gz does not exist"),
+        ({"training": [{"image": "missing.nii.gz"}]}, "entry 0 of 'training': image .*missing.nii.gz does not exist"),
         ({"training": []}, "must be a non-empty list"),
     ],
 )

@@ -172,3 +172,35 @@ def test_bundle_inference_on_a_csv_datalist_and_on_one_file(tmp_path):
     assert sorted(p.name for p in (tmp_path / "one").rglob("*.*")) == ["1_latent.nii.gz", "1_recon.png"]
     recon = np.asarray(Image.open(tmp_path / "one" / "reconstructions" / "1_recon.png"))
     assert recon.shape == (64, 64) and abs(float(recon.mean()) - 140) < 40  # a reconstruction of the input
+
+
+def test_msd_datalist_sections_are_its_splits(tmp_path, caplog):
+    """Breaker round 3, finding 4: a datalist's own 'validation' and 'test' sections were ignored, and --split test
+    took training images. They are the splits now; MSD's unlabelled 'test' list is not one, and a line says so."""
+    import json
+
+    for name in [f"tr{i}" for i in range(12)] + ["va0", "va1", "te0", "te1", "te2"]:
+        _nifti(tmp_path / "img" / f"{name}.nii.gz", seed=len(name))
+        _nifti(tmp_path / "lab" / f"{name}.nii.gz", value=1)
+
+    def entry(name):
+        return {"image": f"img/{name}.nii.gz", "label": f"lab/{name}.nii.gz"}
+
+    listing = tmp_path / "dataset.json"
+    training = [entry(f"tr{i}") for i in range(12)]
+    listing.write_text(json.dumps({"training": training, "validation": [entry("va0"), entry("va1")],
+                                   "test": [entry(f"te{i}") for i in range(3)]}))  # fmt: skip
+    source = ImageSource(listing, spatial_dims=3)
+    names = {s: sorted(it["source"].split("/")[1][:3] for it in source.items(s)) for s in ("train", "val", "test")}
+    assert names["val"] == ["va0", "va1"] and names["test"] == ["te0", "te1", "te2"] and len(names["train"]) == 12
+    assert len(source.items("all")) == 17 and len(source.items("trainval")) == 14
+    # only a validation section: test is cut from training (1/6 of 12 = 2), val is the section
+    listing.write_text(json.dumps({"training": training, "validation": [entry("va0")]}))
+    source = ImageSource(listing, spatial_dims=3)
+    assert len(source.items("test")) == 2 and len(source.items("train")) == 10 and len(source.items("val")) == 1
+    # MSD's own test list: unlabelled images, not a split; val and test are cut from training as before
+    listing.write_text(json.dumps({"training": training, "test": ["img/te0.nii.gz"]}))
+    source = ImageSource(listing, spatial_dims=3)
+    with caplog.at_level("WARNING", logger="medvae_monai"):
+        assert all(it["source"].startswith("img/tr") for it in source.items("test"))
+    assert "'test' section (1 images) lacks the mask of 'training'" in caplog.text

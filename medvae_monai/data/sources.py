@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 from ..errors import InputError
 from .phantoms import PHANTOM_CLASSES, phantom_items
 from .source import IMAGE_SUFFIXES, ImageSource, file_suffix
+from .splits import TEST_FRACTION, VAL_FRACTION, split_items
 
 __all__ = ["ClassFolderSource", "ImageFileSource", "MSDDatalistSource", "MedMNISTSource", "PhantomSource"]
 
@@ -215,16 +216,24 @@ def _check_file(listing: Path, where: str, what: str, path: Path) -> None:
 
 
 class MSDDatalistSource(ImageSource):
-    """An MSD-style datalist (``dataset.json``, or any JSON with its structure), section ``training``.
+    """An MSD-style datalist (``dataset.json``, or any JSON with its structure).
 
     Relative paths resolve against the JSON's folder. Each entry needs ``image``; ``label`` (a
     mask path, MSD's name) is kept as ``mask`` so that it is not confused with a class label; an
     integer ``label`` is a class label.
+
+    Splits (MONAI's ``load_decathlon_datalist`` sections): ``train`` is cut from ``training``.
+    A non-empty ``validation`` section is ``val``, and a ``test`` section whose entries carry what
+    the ``training`` entries carry (a mask or class ``label`` wherever those have one) is ``test``;
+    a split without its own section is cut from ``training`` by the rule of
+    :mod:`~medvae_monai.data.splits`. MSD's own ``test`` lists unlabelled images: it is not a split
+    (a warning says so), and ``--split test`` is cut from ``training`` as before.
     """
 
     kind = "datalist"
     priority = 20
     section = "training"
+    own_sections = {"val": "validation", "test": "test"}
 
     @classmethod
     def claims(cls, path):
@@ -234,18 +243,35 @@ class MSDDatalistSource(ImageSource):
         super().__init__(*args, **kwargs)
         self.listing = self.dataset_dir / "dataset.json" if self.dataset_dir.is_dir() else self.dataset_dir
         self.root = self.listing.parent
+        self._own_splits: dict[str, list[dict]] = {}  # filled by _list: the sections that are splits
+        self._training: list[dict] = []
 
     def _list(self):
-        p, section = self.listing, self.section
+        p = self.listing
         try:
             content = json.loads(p.read_text())
         except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
             raise InputError(f"{p}: cannot be read as a datalist JSON ({e}).") from None
-        if not isinstance(content, dict) or section not in content:
+        if not isinstance(content, dict) or self.section not in content:
             keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-            raise InputError(f"{p}: no '{section}' list (found keys {keys}). An MSD datalist has "
-                             f'{{"{section}": [{{"image": ..., "label": ...}}, ...]}}.')
-        entries = content[section]
+            raise InputError(f"{p}: no '{self.section}' list (found keys {keys}). An MSD datalist has "
+                             f'{{"{self.section}": [{{"image": ..., "label": ...}}, ...]}}.')
+        training = self._training = self._entries(content, self.section)
+        labelled = {k for k in ("mask", "label") if all(k in it for it in training)}
+        for split, section in self.own_sections.items():
+            if not content.get(section):
+                continue
+            entries = self._entries(content, section)
+            if labelled <= set.intersection(*(set(it) for it in entries)):
+                self._own_splits[split] = entries
+            else:
+                logger.warning("%s: its '%s' section (%d images) lacks the %s of 'training' (unlabelled, as MSD's "
+                               "test images are), so it is not a split: --split %s is cut from 'training'.",
+                               p, section, len(entries), " and ".join(sorted(labelled)), split)
+        return training + [it for part in self._own_splits.values() for it in part], []
+
+    def _entries(self, content: dict, section: str) -> list[dict]:
+        p, entries = self.listing, content[section]
         if not isinstance(entries, list) or not entries:
             raise InputError(f"{p}: '{section}' must be a non-empty list of {{'image': path}} entries.")
         items = []
@@ -263,7 +289,7 @@ class MSDDatalistSource(ImageSource):
                 )
             item: dict = {k: v for k, v in e.items() if k not in ("image", "label")}
             image = self.root / e["image"]
-            _check_file(p, f"entry {i}", "image", image)
+            _check_file(p, f"entry {i} of '{section}'", "image", image)
             item["image"] = str(image)
             item["source"] = Path(e["image"]).as_posix()  # Path() already drops a leading "./"
             if "label" in e:
@@ -271,10 +297,22 @@ class MSDDatalistSource(ImageSource):
                     item["label"] = int(e["label"])
                 else:
                     mask = self.root / e["label"]
-                    _check_file(p, f"entry {i}", "label", mask)
+                    _check_file(p, f"entry {i} of '{section}'", "label", mask)
                     item["mask"] = str(mask)
             items.append(item)
-        return items, []
+        return items
+
+    def _split(self, split):
+        self._listing  # noqa: B018  parses the datalist, which finds the sections that are splits
+        own = self._own_splits
+        if not own:
+            return super()._split(split)
+        if split == "all":
+            return sorted(self.all_items, key=lambda it: it["source"])
+        cut = {"val_fraction": 0.0 if "val" in own else VAL_FRACTION, "test_fraction": 0.0 if "test" in own else TEST_FRACTION}
+        parts = ("train", "val") if split == "trainval" else (split,)
+        out = [it for part in parts for it in (own[part] if part in own else split_items(self._training, part, **cut))]
+        return sorted(out, key=lambda it: it["source"])
 
 
 class ImageFileSource(ImageSource):

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 from ..errors import InputError
 
-__all__ = ["SPLITS", "split_items"]
+__all__ = ["SPLITS", "TEST_FRACTION", "VAL_FRACTION", "split_items"]
 
 SPLITS = ("train", "val", "test", "trainval", "all")
+VAL_FRACTION, TEST_FRACTION = 1 / 12, 1 / 6
 
 
 def _sort_key(item: dict) -> str:
@@ -32,8 +33,8 @@ def _sort_key(item: dict) -> str:
 def split_items(
     items: Sequence[dict],
     split: str,
-    val_fraction: float = 1 / 12,
-    test_fraction: float = 1 / 6,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     group_key: str | None = "label",
     patient_key: str = "patient_id",
 ) -> list[dict]:
