@@ -46,3 +46,28 @@ def test_class_weights_balance_imbalanced_classes():
     assert w[0] * 30 == pytest.approx(w[1] * 10)
     rows = [{"labels": np.array([1, 0])}] * 3 + [{"labels": np.array([1, 1])}]
     torch.testing.assert_close(class_weights(rows, 2, "multilabel"), torch.tensor([0.0, 3.0]))
+
+
+def test_every_class_is_in_train_and_val(tmp_path):
+    """Breaker round 3, finding 5: an empty class folder, or a class of 5 images (round(5/12) = 0 in val), made
+    validation AUROC NaN at every epoch and model.pt stayed at epoch 1. Now an empty class folder is refused,
+    a class of 3+ images keeps one in val and test, and a class still missing from a split is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from medvae_monai.data import ImageSource, require_classes, split_items
+
+    for name, n in (("A", 12), ("B", 12), ("C", 5)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / name / f"{i:03d}.png")
+    source = ImageSource(tmp_path)
+    assert sorted(it["class_name"] for it in source.items("val")) == ["A", "B", "C"]
+    assert [it["class_name"] for it in source.items("test")].count("C") == 1
+    items = [{"source": f"{i}", "label": 0} for i in range(3)]
+    assert [len(split_items(items, s)) for s in ("train", "val", "test")] == [1, 1, 1]
+    with pytest.raises(InputError, match="the val split has no image of class 'C'.*at least 3 images"):
+        require_classes([{"label": 0}, {"label": 1}], ["A", "B", "C"], "val")
+    (tmp_path / "Empty").mkdir()
+    with pytest.raises(InputError, match="class folder 'Empty' holds no images"):
+        ImageSource(tmp_path).items("all")

@@ -2,7 +2,15 @@ from .source import IMAGE_SUFFIXES, PICTURE_SUFFIXES, VOLUME_SUFFIXES, ImageSour
 from .sources import ClassFolderSource, ImageFileSource, MedMNISTSource, MSDDatalistSource, PhantomSource
 from .csv_datalist import CSVDatalistSource
 from .datasets import CheckedCacheDataset, make_dataset
-from .labels import TARGET_KEYS, class_weights, classification_postprocessing, label_counts, require_targets, target_key
+from .labels import (
+    TARGET_KEYS,
+    class_weights,
+    classification_postprocessing,
+    label_counts,
+    require_classes,
+    require_targets,
+    target_key,
+)
 from .phantoms import PHANTOM_CLASSES, make_phantom, phantom_items
 from .preprocessing import INTENSITY_MODES, RecordIntensityd, build_preprocessing
 from .splits import SPLITS, split_items
@@ -33,6 +41,7 @@ __all__ = [
     "make_dataset",
     "make_phantom",
     "phantom_items",
+    "require_classes",
     "require_targets",
     "split_items",
     "target_key",

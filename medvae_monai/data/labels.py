@@ -22,6 +22,7 @@ __all__ = [
     "class_weights",
     "classification_postprocessing",
     "label_counts",
+    "require_classes",
     "require_targets",
     "target_key",
 ]
@@ -69,6 +70,29 @@ def require_targets(items: Sequence[dict], key: str = "label") -> Sequence[dict]
         raise InputError(
             f"{len(missing)} of {len(items)} images have no '{key}', e.g. {missing[0]}. "
             + _TARGET_HELP.get(key, _TARGET_HELP["label"])
+        )
+    return items
+
+
+def require_classes(items: Sequence[dict], class_names: Sequence[str], split: str, task: str = "multiclass") -> Sequence[dict]:
+    """Return ``items`` (of ``split``) if every class of ``class_names`` has an image among them.
+
+    A class missing from the validation split makes AUROC NaN at every epoch, and the best model is
+    then chosen by comparing NaNs (it stays at epoch 1); missing from training, it is never learnt.
+    ``multilabel`` items are not checked (a label may be rare).
+
+    Raises:
+        InputError: naming the split, the first missing class and the fix.
+    """
+    if task == "multilabel":
+        return items
+    counts = Counter(int(it["label"]) for it in items if "label" in it)
+    missing = [name for c, name in enumerate(class_names) if not counts.get(c)]
+    if missing:
+        raise InputError(
+            f"the {split} split has no image of class {missing[0]!r}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: "
+            "a classifier needs every class in train and val (AUROC is undefined otherwise). Give the class at "
+            "least 3 images (each split then gets one), or remove it."
         )
     return items
 

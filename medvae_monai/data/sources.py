@@ -136,6 +136,12 @@ class ClassFolderSource(ImageSource):
                 f"{root}: {where} hold(s) no images ({', '.join(IMAGE_SUFFIXES)}). Point dataset_dir at a folder of "
                 "images, or at a MedNIST-layout folder with one sub-folder of images per class."
             )
+        empty = [c for c in classes if not flat and not any(it["class_name"] == c for it in items)]
+        if empty and not class_names:  # the folder would be a class no model ever sees (AUROC NaN)
+            raise InputError(
+                f"{root / empty[0]}: class folder {empty[0]!r} holds no images, so it would be a class without "
+                "examples; add its images or remove the folder."
+            )
         return items, [] if flat else list(class_names or classes)
 
 

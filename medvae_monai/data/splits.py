@@ -4,7 +4,8 @@ Rule, applied per group (per class when items have a ``label``, else to all item
 by their source path, give the last ``test_fraction`` to ``test``, the ``val_fraction`` just before
 it to ``val`` and the rest to ``train``. With the defaults (1/12 val, 1/6 test), a MedNIST class
 of files ``000000``–``002999`` splits into train ``000000``–``002249``, val ``002250``–``002499`` and
-test ``002500``–``002999``. The split depends only on file names, never on a random seed or on
+test ``002500``–``002999``. A group of three or more items keeps at least one item in ``val`` and one
+in ``test``. The split depends only on file names, never on a random seed or on
 the order in which the file system lists them. ``trainval`` is train and val together; ``all`` is
 everything.
 
@@ -66,8 +67,11 @@ def split_items(
 
 
 def _take(ordered: list, split: str, val_fraction: float, test_fraction: float) -> list:
-    n_test = round(len(ordered) * test_fraction)
-    n_val = round(len(ordered) * val_fraction)
+    n = len(ordered)
+    # a group of 3 or more keeps at least one item in each split whose fraction is set, so that a small
+    # class is still in val (a class missing there makes AUROC NaN) and in test
+    n_test = max(round(n * test_fraction), int(test_fraction > 0 and n >= 3))
+    n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 3))
     n_train = len(ordered) - n_test - n_val
     parts = {"train": ordered[:n_train], "val": ordered[n_train : n_train + n_val], "test": ordered[n_train + n_val :]}
     parts["trainval"] = parts["train"] + parts["val"]
