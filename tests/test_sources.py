@@ -116,9 +116,36 @@ def test_csv_without_patients_or_labels_and_its_errors(tmp_path):
         "row 4: 'diagnosis' is 'benign', but row 2 has 0": (["image", "diagnosis"],
                                                             [("v0.nii.gz", 0), ("v1.nii.gz", 1), ("v2.nii.gz", "benign")]),
     }
+    # breaker round 3, finding 7: the same file spelled twice (relative and absolute) is a duplicate too
+    bad[f"rows 2 and 3 both list v0.nii.gz \\(as {tmp_path}/v0.nii.gz\\)"] = (["image"], [("v0.nii.gz",), (tmp_path / "v0.nii.gz",)])
     for match, (header, rows) in bad.items():
         with pytest.raises(InputError, match=match):
             ImageSource(_csv(tmp_path / "bad.csv", header, rows)).items("all")
+    # finding 6: a ragged row shifted values into other columns; it is refused naming the row
+    (tmp_path / "ragged.csv").write_text("image,diagnosis,age\nv0.nii.gz,0,61\nv1.nii.gz,1\n")
+    with pytest.raises(InputError, match="row 3 has 2 fields and the header 3"):
+        ImageSource(tmp_path / "ragged.csv").items("all")
+    (tmp_path / "long.csv").write_text("image,diagnosis\nv0.nii.gz,0,61\n")
+    with pytest.raises(InputError, match="row 2 has 3 fields and the header 2"):
+        ImageSource(tmp_path / "long.csv").items("all")
+
+
+def test_csv_extra_columns_are_typed_per_column_so_batches_collate(tmp_path):
+    """Breaker round 3, finding 6: an empty or 'n/a' cell in an extra column (diameter_mm) left items with other
+    keys or types, and collating a batch failed with a 100-line traceback."""
+    from monai.data import list_data_collate
+
+    for i in range(4):
+        _nifti(tmp_path / f"v{i}.nii.gz", seed=i)
+    rows = [("v0.nii.gz", 0, 12.5, "n/a", 3), ("v1.nii.gz", 1, "", "left", 4), ("v2.nii.gz", 0, 7, "", 5), ("v3.nii.gz", 1, 30, "right", 6)]
+    _csv(tmp_path / "labels.csv", ["image", "diagnosis", "diameter_mm", "side", "readers"], rows)
+    items = ImageSource(tmp_path, spatial_dims=3).items("all")
+    assert [it["readers"] for it in items] == [3, 4, 5, 6]
+    diameters = [it["diameter_mm"] for it in items]
+    assert diameters[0] == 12.5 and np.isnan(diameters[1]) and diameters[2:] == [7.0, 30.0]
+    assert [it["side"] for it in items] == ["n/a", "left", "", "right"]
+    batch = list_data_collate([{k: it[k] for k in ("diameter_mm", "side", "readers", "label")} for it in items])
+    assert batch["diameter_mm"].dtype == torch.float64 and batch["side"] == ["n/a", "left", "", "right"]
 
 
 def test_single_image_file_is_a_dataset(tmp_path):

@@ -6,8 +6,12 @@ Columns:
 - ``mask`` (optional): the mask path, resolved like ``image``;
 - ``patient_id`` (optional): when present, splits keep each patient's images on one side
   (:mod:`~medvae_monai.data.splits`);
-- any other column is kept in the item (numbers parsed), e.g. ``diameter_mm`` for a baseline. Such
-  columns never reach a model, which reads ``image`` alone.
+- any other column is kept in every item, typed per column so that batches collate: numbers when
+  every filled cell is one (an empty cell is NaN), else text (an empty cell is ``""``), e.g.
+  ``diameter_mm`` for a baseline. Such columns never reach a model, which reads ``image`` alone.
+
+A row with more or fewer fields than the header is refused (its values would shift columns), and so
+is a second row naming the same image file, however its path is spelled.
 
 Read with Python's :mod:`csv` module: the table is small, and this avoids a pandas dependency.
 """
@@ -37,6 +41,20 @@ def _number(text: str) -> int | float | str:
     return text
 
 
+def _typed_columns(rows: list[dict], columns: list[str]) -> dict[str, list]:
+    """Each column's cells, typed as one: numbers (empty cells NaN) when every filled cell is one, else text."""
+    out = {}
+    for c in columns:
+        cells = [r[c] for r in rows]
+        parsed = [_number(v) for v in cells if v != ""]
+        if parsed and not any(isinstance(v, str) for v in parsed):
+            whole = all(isinstance(v, int) for v in parsed) and all(v != "" for v in cells)
+            out[c] = [(int if whole else float)(_number(v)) if v != "" else float("nan") for v in cells]
+        else:
+            out[c] = cells
+    return out
+
+
 class CSVDatalistSource(ImageSource):
     """A CSV datalist (``.csv``, or a folder with ``labels.csv``); see the module docstring.
 
@@ -63,7 +81,15 @@ class CSVDatalistSource(ImageSource):
             with open(self.listing, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports add a BOM
                 reader = csv.DictReader(f)
                 columns = [c.strip() for c in reader.fieldnames or []]
-                rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+                rows = []
+                for r in reader:
+                    if None in r or None in r.values():  # DictReader's marks of too many / too few fields
+                        fields = len(columns) + len(r[None]) if None in r else sum(v is not None for v in r.values())
+                        raise InputError(
+                            f"{self.listing}: row {reader.line_num} has {fields} fields and the header {len(columns)}; "
+                            "its values would shift columns. Fix the row (quote a value that holds a comma)."
+                        )
+                    rows.append({k.strip(): v.strip() for k, v in r.items()})
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise InputError(f"{self.listing}: cannot be read as a CSV datalist ({e}).") from None
         if "image" not in columns:
@@ -84,16 +110,18 @@ class CSVDatalistSource(ImageSource):
     def _list(self):
         rows, label_col = self._rows()
         items, seen = [], {}
+        extra = _typed_columns(rows, [k for k in rows[0] if k not in ("image", "mask", "patient_id", *LABEL_COLUMNS)])
         for n, r in enumerate(rows, start=2):  # row 1 is the header
             if not r["image"]:
                 raise InputError(f"{self.listing}: row {n} has no image path.")
             source = Path(r["image"]).as_posix()
-            if source in seen:
-                raise InputError(
-                    f"{self.listing}: rows {seen[source]} and {n} both list {source}; keep one row per image.")
-            seen[source] = n
-            item = {k: _number(v) for k, v in r.items() if v != "" and k not in ("image", "mask", *LABEL_COLUMNS)}
-            item.update(image=self._path(n, "image", r["image"]), source=source)
+            image = self._path(n, "image", r["image"])
+            first = seen.setdefault(Path(image).resolve(), (n, source))
+            if first[0] != n:
+                raise InputError(f"{self.listing}: rows {first[0]} and {n} both list {first[1]}"
+                                 f"{f' (as {source})' if source != first[1] else ''}; keep one row per image.")
+            item = {k: values[n - 2] for k, values in extra.items()}
+            item.update(image=image, source=source)
             if r.get("mask"):
                 item["mask"] = self._path(n, "mask", r["mask"])
             if "patient_id" in r:
