@@ -63,7 +63,7 @@ _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 # lower bounds of the numeric settings that have one: a count of 0 or a negative rate would fail
 # deep inside a DataLoader or scheduler, or silently mean "all" (max_items 0)
 _AT_LEAST = {
-    "batch_size": 1, "max_epochs": 1, "val_interval": 1, "shard_size": 1, "max_items": 1, "num_samples": 1,
+    "batch_size": 1, "max_epochs": 1, "val_interval": 1, "shard_size": 1, "max_items": 1, "num_samples": 2,
     "posterior_samples": 1, "tile_size": 1, "num_workers": 0, "tile_overlap": 0, "overlap": 0,
     "kl_warmup_steps": 0, "beta": 0, "free_bits": 0, "recon_weight": 0, "ssim_weight": 0, "tv_weight": 0,
     "codec_rdoq_iterations": 0,

@@ -117,7 +117,7 @@ def test_posterior_uncertainty_reflects_sigma():
         vae.to_moments.weight[2:] = 0.0
     std_small = PosteriorSamplingInferer(num_samples=32)(x, net).std(1)
     assert std_small.max() < 1e-4 < std.max()
-    with pytest.raises(InputError, match="num_samples"):
+    with pytest.raises(InputError, match="--num_samples 1: give 2 or more"):
         PosteriorSamplingInferer(num_samples=1)
 
 

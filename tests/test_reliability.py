@@ -387,6 +387,8 @@ def test_a_checkpoint_of_an_overlay_names_the_overlay() -> None:
 
 
 def test_settings_that_cannot_run_here_are_refused_in_one_line(tmp_path: Path) -> None:
+    with refused("--num_samples '1': out of range; give a number >= 2"):  # a spread needs two samples
+        parse_setting("num_samples", "1", 32)
     with refused("--spatial_dims '4': give one of 2, 3"):
         parse_setting("spatial_dims", "4", 2)
     with refused(r"spatial_size \[32, 32, 32\]: give 2 positive sizes for spatial_dims 2"):

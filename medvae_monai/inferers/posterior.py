@@ -29,7 +29,7 @@ class PosteriorSamplingInferer(Inferer):
     def __init__(self, num_samples: int = 16) -> None:
         super().__init__()
         if num_samples < 2:
-            raise InputError(f"num_samples must be at least 2 to measure a spread, got {num_samples}.")
+            raise InputError(f"--num_samples {num_samples}: give 2 or more posterior samples per image (a spread needs two).")
         self.num_samples = int(num_samples)
 
     @torch.no_grad()
