@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from .errors import InputError
+from .errors import InputError, find_input_error
 
 __all__ = [
     "atomic_write", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "classifier_class_names", "decode_class_names",
@@ -61,11 +62,15 @@ def ensure_writable_dir(path: str | os.PathLike, dataset_dir: str | os.PathLike 
 
 
 def _remove_if_empty(folders: list[Path]) -> None:
-    """At exit, remove the folders (deepest first) that this process created and left empty.
+    """At exit after a refusal, remove the folders (deepest first) that this process created and left empty.
 
     A run refused at start-up (a missing checkpoint, a bad setting) would otherwise leave an empty
-    ``--output_dir`` behind, which looks like a run that wrote nothing.
+    ``--output_dir`` behind, which looks like a run that wrote nothing. Only a process that dies of
+    an :class:`InputError` (``sys.last_value``, set for an uncaught exception) removes anything:
+    another process (a torchrun rank still saving) may be about to write into the folder.
     """
+    if find_input_error(getattr(sys, "last_value", None)) is None:
+        return
     for folder in folders:
         try:
             folder.rmdir()
