@@ -34,7 +34,7 @@ __all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "AtomicPILWriter", "register_as
 
 
 class _WriteAtomically:
-    def write(self, filename, verbose: bool = True, **kwargs) -> None:
+    def write(self, filename, verbose: bool = False, **kwargs) -> None:
         """Write ``filename`` through a synced temporary file beside it, renamed into place.
 
         A reader (or a run killed mid-write) sees no file or the complete one, never a truncated one.
