@@ -204,14 +204,16 @@ def test_resume_after_sigkill_gives_identical_store(tmp_path):
 def test_latent_dataset_splits_labels_and_masks(picture_folder, tmp_path):
     store = encode_dataset(_network(), picture_folder, tmp_path / "store")
     train, test = LatentDataset(store, "train"), LatentDataset(tmp_path / "store", "test")
-    assert len(train) == 10 and len(test) == 2  # 6 per class: 5 train, 0 val, 1 test
+    assert len(train) == 8 and len(test) == 2  # 6 per class: 4 train, 1 val (a group of 3+ keeps one), 1 test
     assert {store.records[i]["source"] for i in test.indices} == {"benign/005.png", "normal/005.png"}
+    assert {store.records[i]["source"] for i in LatentDataset(store, "val").indices} == {"benign/004.png", "normal/004.png"}
     item = LatentDataset(store, "train", with_mask=True)[0]
     assert item["latent"].shape == (1, 6, 10) and item["label"] == 0 and item["mask"].shape == (1, 24, 40)
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert batch["latent"].shape == (4, 1, 6, 10) and batch["label"].tolist() == [0, 0, 0, 0]
+    train_only = encode_dataset(_network(), picture_folder, tmp_path / "train_only", split="train")
     with pytest.raises(InputError, match="no items of split 'val'"):
-        LatentDataset(store, "val")
+        LatentDataset(train_only, "val")
 
 
 def test_medmnist_store_keeps_official_splits(tmp_path):
