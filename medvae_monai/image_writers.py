@@ -20,38 +20,25 @@ calls it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from monai.data import image_writer
 from monai.data.image_writer import ITKWriter, NibabelWriter, PILWriter
 from monai.utils import convert_data_type, convert_to_tensor
 
-from .utils import file_mode
+from .utils import atomic_write_file
 
 __all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "AtomicPILWriter", "register_as_is_writers"]
 
 
 class _WriteAtomically:
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
-        """Write ``filename`` through a synced temporary file beside it, renamed into place.
-
-        A reader (or a run killed mid-write) sees no file or the complete one, never a truncated one.
-        """
+        """Write ``filename`` through a synced temporary file beside it, renamed into place
+        (:func:`~medvae_monai.utils.atomic_write_file`), which keeps the image suffix the writer reads."""
         path = Path(filename)
         suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-        os.close(fd)
-        try:
-            super().write(tmp, verbose=verbose, **kwargs)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write = super().write
+        atomic_write_file(path, lambda tmp: write(tmp, verbose=verbose, **kwargs), suffix=f".tmp{suffix}")
 
 
 class _WriteAsIs:

@@ -17,7 +17,7 @@ import yaml
 from .errors import InputError, find_input_error
 
 __all__ = [
-    "atomic_write", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "classifier_class_names", "decode_class_names",
+    "atomic_write", "atomic_write_file", "atomic_write_json", "atomic_torch_save", "checkpoint_class_names", "classifier_class_names", "decode_class_names",
     "ensure_writable_dir", "file_mode", "load_state_dict", "load_weights",
 ]  # fmt: skip
 
@@ -83,26 +83,37 @@ def file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write ``path`` through ``write(file_object)`` into a temporary file, then rename it in place.
+def atomic_write_file(path: str | os.PathLike, write_file: Callable[[str], None], suffix: str = ".tmp") -> Path:
+    """Write ``path`` through ``write_file(temporary_path)``, sync it, then rename it in place.
 
     A reader sees either the old file or the complete new one, never a partial file, even if
-    the process is killed mid-write.
+    the process is killed mid-write. ``suffix`` ends the temporary name, for writers that pick the
+    format by it (``.tmp.nii.gz``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
+        write_file(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Atomically write ``path`` through ``write(file_object)`` (see :func:`atomic_write_file`)."""
+
+    def through_file_object(tmp: str) -> None:
+        with open(tmp, mode) as f:
+            write(f)
+
+    return atomic_write_file(path, through_file_object)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
