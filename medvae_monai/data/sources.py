@@ -249,10 +249,14 @@ class MSDDatalistSource(ImageSource):
         super().__init__(*args, **kwargs)
         self.listing = self.dataset_dir / "dataset.json" if self.dataset_dir.is_dir() else self.dataset_dir
         self.root = self.listing.parent
-        self._own_splits: dict[str, list[dict]] = {}  # filled by _list: the sections that are splits
-        self._training: list[dict] = []
 
     def _list(self):
+        training, own_splits = self._sections
+        return training + [it for part in own_splits.values() for it in part], []
+
+    @cached_property
+    def _sections(self) -> tuple[list[dict], dict[str, list[dict]]]:
+        """The 'training' entries, and the sections that are splits (``{"val": [...], "test": [...]}``)."""
         p = self.listing
         try:
             content = json.loads(p.read_text())
@@ -262,19 +266,20 @@ class MSDDatalistSource(ImageSource):
             keys = sorted(content) if isinstance(content, dict) else type(content).__name__
             raise InputError(f"{p}: no '{self.section}' list (found keys {keys}). An MSD datalist has "
                              f'{{"{self.section}": [{{"image": ..., "label": ...}}, ...]}}.')
-        training = self._training = self._entries(content, self.section)
+        training = self._entries(content, self.section)
         labelled = {k for k in ("mask", "label") if all(k in it for it in training)}
+        own_splits = {}
         for split, section in self.own_sections.items():
             if not content.get(section):
                 continue
             entries = self._entries(content, section)
             if labelled <= set.intersection(*(set(it) for it in entries)):
-                self._own_splits[split] = entries
+                own_splits[split] = entries
             else:
                 logger.warning("%s: its '%s' section (%d images) lacks the %s of 'training' (unlabelled, as MSD's "
                                "test images are), so it is not a split: --split %s is cut from 'training'.",
                                p, section, len(entries), " and ".join(sorted(labelled)), split)
-        return training + [it for part in self._own_splits.values() for it in part], []
+        return training, own_splits
 
     def _entries(self, content: dict, section: str) -> list[dict]:
         p, entries = self.listing, content[section]
@@ -309,15 +314,14 @@ class MSDDatalistSource(ImageSource):
         return items
 
     def _split(self, split):
-        self._listing  # noqa: B018  parses the datalist, which finds the sections that are splits
-        own = self._own_splits
+        training, own = self._sections
         if not own:
             return super()._split(split)
         if split == "all":
             return sorted(self.all_items, key=lambda it: it["source"])
         cut = {"val_fraction": 0.0 if "val" in own else VAL_FRACTION, "test_fraction": 0.0 if "test" in own else TEST_FRACTION}
         parts = ("train", "val") if split == "trainval" else (split,)
-        out = [it for part in parts for it in (own[part] if part in own else split_items(self._training, part, **cut))]
+        out = [it for part in parts for it in (own[part] if part in own else split_items(training, part, **cut))]
         return sorted(out, key=lambda it: it["source"])
 
 
