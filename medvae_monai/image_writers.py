@@ -26,6 +26,7 @@ from monai.data import image_writer
 from monai.data.image_writer import ITKWriter, NibabelWriter, PILWriter
 from monai.utils import convert_data_type, convert_to_tensor
 
+from .data.source import file_suffix
 from .utils import atomic_write_file
 
 __all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "AtomicPILWriter", "register_as_is_writers"]
@@ -36,7 +37,7 @@ class _WriteAtomically:
         """Write ``filename`` through a synced temporary file beside it, renamed into place
         (:func:`~medvae_monai.utils.atomic_write_file`), which keeps the image suffix the writer reads."""
         path = Path(filename)
-        suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+        suffix = path.name[len(path.name) - len(file_suffix(path)) :]  # as written: the writer may read its case
         write = super().write
         atomic_write_file(path, lambda tmp: write(tmp, verbose=verbose, **kwargs), suffix=f".tmp{suffix}")
 
