@@ -131,6 +131,17 @@ def test_wrong_weights_store_and_settings_are_refused(picture_folder, tmp_path):
         LatentStore(tmp_path)
 
 
+def test_sources_that_decoding_would_write_to_one_name_are_refused_at_encoding(tmp_path):
+    """x.png and x.jpeg both decode to x.png; encoding refuses them, naming both, before it writes a store."""
+    (tmp_path / "data" / "k").mkdir(parents=True)
+    pic = Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32))
+    pic.save(tmp_path / "data" / "k" / "x.png")
+    pic.save(tmp_path / "data" / "k" / "x.jpeg")
+    with pytest.raises(InputError, match=r"the inputs k/x\.jpeg and k/x\.png both map to this output name"):
+        encode_dataset(_network(), tmp_path / "data", tmp_path / "store", split="all")
+    assert not list((tmp_path / "store").rglob("*"))
+
+
 def test_corrupted_shard_is_named_and_repaired(picture_folder, tmp_path):
     net = _network()
     encode_dataset(net, picture_folder, tmp_path / "store", shard_size=4)

@@ -24,7 +24,7 @@ from monai.utils import convert_to_tensor
 from ..data import ImageSource, RecordIntensityd
 from ..errors import InputError
 from ..networks import MedVAE
-from ..outputs import contained_path
+from ..outputs import OutputNames, contained_path, output_path_for
 from ..transforms import intensity_map
 from ..utils import atomic_write, atomic_write_json, ensure_writable_dir
 from .codec import EntropyCodec, load_codec
@@ -181,7 +181,8 @@ def encode_dataset(
         The finished :class:`LatentStore` (under torchrun: once every rank has finished).
 
     Raises:
-        InputError: bad settings, unreadable items, or another store at ``output_dir``.
+        InputError: bad settings, unreadable items, two sources that decoding would write to one output
+            name (``x.png`` and ``x.jpeg``), or another store at ``output_dir``.
     """
     if codec not in CODECS:
         raise InputError(f"codec must be one of {CODECS}, got {codec!r}.")
@@ -215,6 +216,9 @@ def encode_dataset(
     kind, root = source.kind, source.root
     sources = [it["source"] for it in items]
     sources_abs = frozenset(Path(it["image"]).resolve() for it in items if isinstance(it.get("image"), (str, os.PathLike)))
+    names = OutputNames()  # decoding names each output after its source: refuse now a store it would refuse
+    for s in sources:
+        names.claim(output_path_for(s, out, root, ext=source.output_suffix, inputs=()), s)
     meta = {
         "format": FORMAT,
         "model": model_identity(network if coder_net is None else coder_net),
