@@ -32,6 +32,7 @@ __all__ = [
     "OutputNames",
     "contained_path",
     "output_path_for",
+    "output_stem",
     "safe_relative_name",
     "source_path",
     "strip_image_suffix",
@@ -166,6 +167,13 @@ def contained_path(
     return path
 
 
+def output_stem(source: str | os.PathLike, root: str | os.PathLike | None = None) -> PurePosixPath:
+    """:func:`safe_relative_name` without the image suffix (``vols/case0.nii.gz`` -> ``vols/case0``):
+    the part of an output name that comes from its input. Raises as that function does."""
+    name = safe_relative_name(source, root)
+    return name.with_name(strip_image_suffix(name.name) or name.name)  # a file named just '.png' keeps it
+
+
 def output_path_for(
     source: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -187,9 +195,8 @@ def output_path_for(
     Raises:
         InputError: see :func:`contained_path`.
     """
-    name = safe_relative_name(source, root)
-    stem = strip_image_suffix(name.name) if ext else name.name
-    stem = f"{stem}_{postfix}" if postfix else stem
+    name = output_stem(source, root) if ext else safe_relative_name(source, root)
+    stem = f"{name.name}_{postfix}" if postfix else name.name
     src = source_path(source, root)
     return contained_path(output_dir, name.with_name(stem + ext), [src] if inputs is None else inputs, root)
 
