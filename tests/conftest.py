@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # pytest -n N: N workers share the cores, one torch thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # and each bundle, torchrun or server they start
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 # real data: ../shared/data beside the checkout (as in CI), or MEDVAE_DATA

@@ -24,8 +24,6 @@ from medvae_monai.networks import (
 )
 from tests.conftest import data_path
 
-torch.set_num_threads(2)
-
 
 @pytest.mark.parametrize("spatial_dims,size", [(2, (30, 26)), (3, (20, 17, 12))])
 @pytest.mark.parametrize("task,k", [("binary", 2), ("multiclass", 4), ("multilabel", 3)])
