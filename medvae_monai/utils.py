@@ -25,7 +25,13 @@ _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) a
 os.umask(_UMASK)
 
 
-def ensure_writable_dir(path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None) -> Path:
+# the bundle's own files: a run writing there would replace them (training's model.pt over the pretrained one)
+BUNDLE_FOLDERS = ("models", "configs", "docs")
+
+
+def ensure_writable_dir(
+    path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, bundle_root: str | os.PathLike | None = None
+) -> Path:
     """Create ``path`` if needed and check it can be written.
 
     Args:
@@ -33,14 +39,23 @@ def ensure_writable_dir(path: str | os.PathLike, dataset_dir: str | os.PathLike 
         dataset_dir: the run's input; when it is a folder, ``path`` may not be it or lie inside it,
             because the next run on that folder would read the outputs (checkpoints, stores,
             reconstructions) as data. A datalist or image file is not scanned, so it does not count.
+        bundle_root: the bundle that runs; ``path`` may not be its root or lie in its
+            :data:`BUNDLE_FOLDERS`, whose files (the pretrained weights among them) outputs would replace.
 
     Raises:
         InputError: no folder (null), or it cannot be created or written, or it lies inside the
-            dataset folder.
+            dataset folder or the bundle's own folders.
     """
     if path in (None, ""):
         raise InputError("--output_dir is null; give the folder to write into.")
     p = Path(path)
+    if bundle_root not in (None, ""):
+        root, out = Path(bundle_root).resolve(), p.resolve()
+        if out == root or any(out == root / f or root / f in out.parents for f in BUNDLE_FOLDERS):
+            raise InputError(
+                f"--output_dir {str(p)!r} is inside the bundle {str(bundle_root)!r}, whose files (configs, the "
+                "pretrained models) a run would replace; choose an --output_dir outside it, such as runs/<name>."
+            )
     if dataset_dir not in (None, "") and Path(dataset_dir).is_dir():
         data = Path(dataset_dir).resolve()
         if p.resolve() == data or data in p.resolve().parents:

@@ -533,3 +533,20 @@ def test_bundle_refuses_an_output_folder_inside_the_dataset(tmp_path: Path) -> N
                       "--output_dir", str(tmp_path / "pics" / "runs"), check=False)  # fmt: skip
     assert proc.returncode != 0 and "inside the dataset folder" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["Hand"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inside", ["models", "configs", "."])
+def test_bundle_refuses_an_output_folder_inside_the_bundle(tmp_path: Path, inside: str) -> None:
+    """Breaker round 4, finding 1: training with --output_dir bundle/models replaced the pretrained
+    model.pt. The copy here holds the configs and an empty models/ folder, so a regression writes there."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "bundle" / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    before = sorted(p.relative_to(bundle) for p in bundle.rglob("*"))
+    proc = run_bundle("training", str(bundle / "configs" / "train.yaml"), "--max_epochs", "1", "--max_items", "8",
+                      "--output_dir", str(bundle / inside), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "is inside the bundle" in proc.stdout and "Traceback" not in proc.stdout
+    assert sorted(p.relative_to(bundle) for p in bundle.rglob("*")) == before
