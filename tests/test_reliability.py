@@ -92,6 +92,19 @@ def test_zero_byte_file(tmp_path: Path, suffix: str) -> None:
         make_dataset(root, "all", spatial_dims=WRITERS[suffix][1])
 
 
+# row: a float picture (TIFF) whose values are not grey levels
+@pytest.mark.parametrize("values", ["unit", "signed"])
+def test_float_picture_with_fractional_values(tmp_path: Path, values: str) -> None:
+    """Breaker round 4, finding 2: a float TIFF in [0, 1] was read as 8-bit grey levels (so nearly black)."""
+    y, x = np.mgrid[:32, :32].astype(np.float32)
+    a = (x + y) / 62.0 if values == "unit" else np.sin(x / 5) * 400 - 100
+    root = class_folder(tmp_path, {"x.tif": lambda p: Image.fromarray(a.astype(np.float32)).save(p)})
+    with refused("not whole numbers .* NIfTI", "x.tif"):
+        make_dataset(root, "all", spatial_dims=2)
+    whole = class_folder(tmp_path / "whole", {"x.tif": lambda p: Image.fromarray(x + y).save(p)})  # grey levels
+    assert float(make_dataset(whole, "all", spatial_dims=2)[0]["image"].max()) == pytest.approx(62 / 255)
+
+
 # row: a truncated or corrupt NIfTI, PNG or DICOM
 @pytest.mark.parametrize("suffix", sorted(WRITERS))
 def test_truncated_file(tmp_path: Path, suffix: str) -> None:

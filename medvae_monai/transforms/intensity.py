@@ -79,18 +79,31 @@ _PIL_BITS = {"1": 8, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "I;16": 16, "
 
 
 def _bit_depth(img: torch.Tensor, src: str) -> int:
-    """Bits per sample of a picture: from its PIL mode when the reader recorded it, else from its values."""
+    """Bits per sample of a picture: from its PIL mode when the reader recorded it, else from its
+    values (ITK reads TIFF without a mode), which must then be whole numbers: fractions (a float
+    TIFF already scaled to [0, 1]) read as grey levels would come out nearly black.
+
+    Raises:
+        InputError: fractional values, or values that fit neither 8 nor 16 bits, naming the file and the fix.
+    """
     mode = getattr(img, "meta", {}).get("mode")
     if mode in _PIL_BITS:
         return _PIL_BITS[mode]
-    lo, hi = float(img.min()), float(img.max())
+    values = torch.as_tensor(img)
+    lo, hi = float(values.min()), float(values.max())
+    if values.is_floating_point() and not torch.equal(values, values.round()):
+        raise InputError(
+            f"{src}: picture values {lo:g}..{hi:g} are not whole numbers (a float picture), so they are no 8- or "
+            "16-bit grey levels; save float data as NIfTI (.nii.gz) or MHA, which keep its values, or re-export it "
+            "as an 8- or 16-bit greyscale PNG."
+        )
     if lo >= 0 and hi <= 255:
         return 8
     if lo >= 0 and hi <= 65535:
         return 16
     raise InputError(
-        f"{src}: picture values {lo:g}..{hi:g} fit neither 8 nor 16 bits (mode {mode!r}); give --intensity "
-        "percentile, or re-export it as an 8- or 16-bit greyscale PNG."
+        f"{src}: picture values {lo:g}..{hi:g} fit neither 8 nor 16 bits (mode {mode!r}); save signed or float "
+        "data as NIfTI (.nii.gz) or MHA, which keep its values, or re-export it as an 8- or 16-bit greyscale PNG."
     )
 
 
