@@ -142,6 +142,23 @@ def test_sources_that_decoding_would_write_to_one_name_are_refused_at_encoding(t
     assert not list((tmp_path / "store").rglob("*"))
 
 
+def test_skip_unreadable_skips_non_image_files_and_names_a_broken_image(tmp_path):
+    """Breaker round 4, finding 4: encoding ignored --skip_unreadable and stopped at notes.txt."""
+    (tmp_path / "data" / "k").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(tmp_path / "data" / "k" / f"{i}.png")
+    (tmp_path / "data" / "k" / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="notes.txt: not an image file"):
+        encode_dataset(_network(), tmp_path / "data", tmp_path / "refused", split="all")
+    with pytest.warns(UserWarning, match="skipped 1 non-image"):
+        store = encode_dataset(_network(), tmp_path / "data", tmp_path / "store", split="all", skip_unreadable=True)
+    assert sorted(r["source"] for r in store.records) == ["k/0.png", "k/1.png", "k/2.png"]
+    good = (tmp_path / "data" / "k" / "0.png").read_bytes()
+    (tmp_path / "data" / "k" / "3.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(InputError, match=r"3\.png: cannot be read.*holds every item it lists"):
+        encode_dataset(_network(), tmp_path / "data", tmp_path / "store2", split="all", skip_unreadable=True)
+
+
 def test_corrupted_shard_is_named_and_repaired(picture_folder, tmp_path):
     net = _network()
     encode_dataset(net, picture_folder, tmp_path / "store", shard_size=4)

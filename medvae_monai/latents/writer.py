@@ -47,13 +47,22 @@ def _relative(path: str | None, root: Path | None) -> str | None:
     return Path(os.path.relpath(path, root)).as_posix() if root is not None else str(path)
 
 
-def _batches(items: Sequence[dict], transforms: list, batch_size: int) -> Iterator[list[tuple[dict, dict]]]:
-    """Preprocessed ``(item, data)`` pairs, grouped into runs of equal shape (so they stack)."""
+def _batches(
+    items: Sequence[dict], transforms: list, batch_size: int, skip_unreadable: bool = False
+) -> Iterator[list[tuple[dict, dict]]]:
+    """Preprocessed ``(item, data)`` pairs, grouped into runs of equal shape (so they stack). An item
+    that fails to load raises its :class:`InputError`; under ``skip_unreadable``, saying why it is not skipped."""
     batch: list[tuple[dict, dict]] = []
     for item in items:
         d = dict(item)
-        for t in transforms:  # called directly, so our InputError is not wrapped by Compose
-            d = t(d)
+        try:
+            for t in transforms:  # called directly, so our InputError is not wrapped by Compose
+                d = t(d)
+        except InputError as e:
+            if not skip_unreadable:
+                raise
+            raise InputError(f"{e} (A latent store holds every item it lists: --skip_unreadable skips only "
+                             "non-image files here; remove or re-export this one.)") from None
         if batch and (len(batch) == batch_size or batch[0][1]["image"].shape != d["image"].shape):
             yield batch
             batch = []
@@ -145,6 +154,7 @@ def encode_dataset(
     codec_path: str | os.PathLike | None = None,
     codec_level: int | None = None,
     codec_rdoq_iterations: int = 8,
+    skip_unreadable: bool = False,
 ) -> LatentStore:
     """Encode ``split`` of ``dataset_dir`` into a latent store at ``output_dir`` (resumable).
 
@@ -176,6 +186,9 @@ def encode_dataset(
         codec_rdoq_iterations: rate-distortion optimised quantisation of each coded latent
             (:meth:`~medvae_monai.latents.codec.EntropyCodec.rdoq`); 0 rounds only. Same decoder
             and format; each iteration costs one gradient and five trial decodes per image.
+        skip_unreadable: skip non-image files in the dataset folder, with one warning and a count.
+            An image file that fails to load still stops the run, naming the file: a store holds
+            every item it lists, so that its shards and a resumed run agree.
 
     Returns:
         The finished :class:`LatentStore` (under torchrun: once every rank has finished).
@@ -211,7 +224,7 @@ def encode_dataset(
         device = next(network.parameters()).device if network is not None else "cpu"
     device = torch.device(device)
     out = ensure_writable_dir(output_dir, dataset_dir)
-    source = ImageSource(dataset_dir, spatial_dims, in_channels, None, intensity, ct_window, max_items)
+    source = ImageSource(dataset_dir, spatial_dims, in_channels, None, intensity, ct_window, max_items, skip_unreadable)
     items = source.items(split)
     kind, root = source.kind, source.root
     sources = [it["source"] for it in items]
@@ -275,7 +288,7 @@ def encode_dataset(
             logger.warning("%s: does not match its manifest; encoding shard %d again.", data_file, k)
         shard = _FloatShard(dtype) if coder_net is None else _CodedShard(TableCoder(coder_net.tables, codec_level))
         records = []
-        for batch in _batches(items[k * shard_size : (k + 1) * shard_size], transforms, batch_size):
+        for batch in _batches(items[k * shard_size : (k + 1) * shard_size], transforms, batch_size, skip_unreadable):
             images = torch.stack(
                 [convert_to_tensor(d["image"], dtype=torch.float32, track_meta=False) for _, d in batch]
             )
