@@ -33,6 +33,7 @@ __all__ = [
     "contained_path",
     "output_path_for",
     "output_stem",
+    "refuse_shared_output_names",
     "safe_relative_name",
     "source_path",
     "strip_image_suffix",
@@ -225,6 +226,23 @@ class OutputNames:
                 "suffix); rename or move one of them, or list them in separate runs with separate --output_dir."
             )
         return path
+
+
+def refuse_shared_output_names(items: Iterable[dict | str], root: str | os.PathLike | None = None) -> None:
+    """Refuse, before anything is written, inputs that would share an output name (``x.png`` and
+    ``x.jpeg``), as :class:`OutputNames` would at the second write.
+
+    Args:
+        items: data-source items (their ``source``) or source paths.
+        root: the dataset root (``source.root``).
+
+    Raises:
+        InputError: naming both inputs and the fix.
+    """
+    names = OutputNames()
+    for it in items:
+        source = it["source"] if isinstance(it, dict) else it
+        names.claim(output_stem(source, root), source)
 
 
 class ContainedFolderLayout(FolderLayoutBase):

@@ -106,6 +106,7 @@ def test_inference_refuses_inputs_that_would_share_an_output(tmp_path: Path) -> 
                       "--output_dir", str(tmp_path / "out"), check=False)  # fmt: skip
     assert proc.returncode != 0 and "both map to this output name" in proc.stdout
     assert "a.png" in proc.stdout and "a.jpeg" in proc.stdout and "Traceback" not in proc.stdout
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # refused before the first write
 
 
 _segment = st.sampled_from(["..", ".", "a", "b", "vols", "x.nii.gz", "y.png", "link"])

@@ -24,7 +24,7 @@ from monai.utils import convert_to_tensor
 from ..data import ImageSource, RecordIntensityd
 from ..errors import InputError
 from ..networks import MedVAE
-from ..outputs import OutputNames, contained_path, output_stem
+from ..outputs import contained_path, refuse_shared_output_names
 from ..transforms import intensity_map
 from ..utils import atomic_write, atomic_write_json, ensure_writable_dir
 from .codec import EntropyCodec, load_codec
@@ -229,9 +229,7 @@ def encode_dataset(
     kind, root = source.kind, source.root
     sources = [it["source"] for it in items]
     sources_abs = frozenset(Path(it["image"]).resolve() for it in items if isinstance(it.get("image"), (str, os.PathLike)))
-    names = OutputNames()  # decoding names each output after its source: refuse now a store it would refuse
-    for s in sources:
-        names.claim(output_stem(s, root), s)
+    refuse_shared_output_names(sources, root)  # decoding names outputs after sources: refuse now what it would
     meta = {
         "format": FORMAT,
         "model": model_identity(network if coder_net is None else coder_net),
