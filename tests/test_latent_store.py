@@ -159,6 +159,15 @@ def test_skip_unreadable_skips_non_image_files_and_names_a_broken_image(tmp_path
         encode_dataset(_network(), tmp_path / "data", tmp_path / "store2", split="all", skip_unreadable=True)
 
 
+def test_a_store_given_as_images_is_named(picture_folder, tmp_path):
+    """Breaker round 4: a store as --dataset_dir of train_classifier gave 'shards/00000.json.gz: not an image file'."""
+    from medvae_monai.data import ImageSource
+
+    encode_dataset(_network(), picture_folder, tmp_path / "store", max_items=2)
+    with pytest.raises(InputError, match="is a latent store .*decode.yaml"):
+        ImageSource(tmp_path / "store")
+
+
 def test_corrupted_shard_is_named_and_repaired(picture_folder, tmp_path):
     net = _network()
     encode_dataset(net, picture_folder, tmp_path / "store", shard_size=4)

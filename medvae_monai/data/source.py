@@ -103,6 +103,11 @@ class ImageSource:
                 f"dataset_dir {str(path)!r} does not exist; give an existing folder, image file, .npz, or datalist "
                 ".json/.csv."
             )
+        if path is not None and (path / "store.json").is_file():  # latents.format.STORE_FILE (not imported: a cycle)
+            raise InputError(
+                f"dataset_dir {str(path)!r} is a latent store (it holds store.json), not images: decode it with "
+                "decode.yaml, or read its latents with medvae_monai.latents.LatentDataset."
+            )
         for source_cls in sorted(ImageSource._registry, key=lambda c: -c.priority):
             if source_cls.claims(path):
                 return source_cls
