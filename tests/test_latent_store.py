@@ -186,6 +186,24 @@ def test_corrupted_shard_is_named_and_repaired(picture_folder, tmp_path):
     assert _tree(tmp_path / "store") == before
 
 
+def test_an_edited_manifest_record_is_refused_by_name(picture_folder, tmp_path):
+    """Breaker round 4, finding 9: a source or class name rewritten in a manifest passed as the item's."""
+    import gzip
+
+    encode_dataset(_network(), picture_folder, tmp_path / "store", max_items=4)
+    manifest = tmp_path / "store" / "shards" / "00000.json.gz"
+    body = json.loads(gzip.decompress(manifest.read_bytes()))
+    name = body["columns"]["source"][0]
+    body["columns"]["source"][0] = "../../ESCAPED/x.png"
+    manifest.write_bytes(gzip.compress(json.dumps(body).encode()))
+    with pytest.raises(InputError, match=r"00000\.json\.gz: the shard manifest's records do not match"):
+        LatentStore(tmp_path / "store").latent(0)
+    del body["records_sha256"]  # a manifest written before the checksum existed is read as it is
+    body["columns"]["source"][0] = name
+    manifest.write_bytes(gzip.compress(json.dumps(body).encode()))
+    assert LatentStore(tmp_path / "store").records[0]["source"] == name
+
+
 def test_store_missing_a_manifest_is_refused_by_name_and_repaired(picture_folder, tmp_path):
     """A deleted manifest drops its shard from the reader: decoding and training heads must refuse
     the store by name instead of writing fewer images; encoding again repairs it byte for byte."""

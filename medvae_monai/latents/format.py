@@ -22,6 +22,8 @@ A store is a folder; every file is written atomically (temp file, then rename):
   ``offset`` and ``sha256`` or the coded latent's 16-bit ``check``. Records are stored by column,
   with fields equal across the shard stored once, and gzipped with a fixed timestamp (byte-
   identical across runs): at 64x64 a coded image is ~200 bytes, so per-item JSON would dominate.
+  ``records_sha256`` hashes the records themselves, so an edited source or label is refused
+  (manifests written before it have none and are read as they are).
 
 A shard counts as done when its manifest exists and its data file matches the manifest's hash.
 """
@@ -86,21 +88,35 @@ def pack_manifest(shard: str, sha256: str, records: list[dict]) -> bytes:
     common = {k: records[0][k] for k in keys if all(k in r and r[k] == records[0][k] for r in records)}
     columns = {k: [r.get(k) for r in records] for k in keys if k not in common}
     body = {"shard": shard, "sha256": sha256, "num_items": len(records), "common": common, "columns": columns}
+    body["records_sha256"] = _records_sha256(body)
     return gzip.compress(json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), mtime=0)
+
+
+def _records_sha256(manifest: dict) -> str:
+    """Checksum of a manifest's records (sources, labels, geometry): the shard's own ``sha256``
+    covers only its latents, so an edited record would otherwise pass as the item's."""
+    records = {k: manifest[k] for k in ("num_items", "common", "columns")}
+    return hashlib.sha256(json.dumps(records, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_manifest(path: Path) -> dict:
     """A shard manifest with its ``items`` (one dict per record), from either manifest layout."""
     try:
         m = json.loads(gzip.decompress(path.read_bytes()))
+        edited = "records_sha256" in m and m["records_sha256"] != _records_sha256(m)  # stores before it have none
         if "items" not in m:  # column layout
             n, common, columns = m["num_items"], m["common"], m["columns"]
             m["items"] = [
                 {**common, **{k: v[i] for k, v in columns.items() if v[i] is not None}} for i in range(n)
             ]
-        return m
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
         raise InputError(
             f"{path}: shard manifest is corrupt ({type(e).__name__}); delete it and run the encoding again with "
             "the same --output_dir to re-create that shard."
         ) from None
+    if edited:
+        raise InputError(
+            f"{path}: the shard manifest's records do not match their checksum (edited or corrupt); delete it "
+            "and run the encoding again with the same --output_dir to re-create that shard."
+        )
+    return m

@@ -25,7 +25,6 @@ from ..data import ImageSource, RecordIntensityd
 from ..errors import InputError
 from ..networks import MedVAE
 from ..outputs import contained_path, refuse_shared_output_names
-from ..transforms import intensity_map
 from ..utils import atomic_write, atomic_write_json, ensure_writable_dir
 from .codec import EntropyCodec, load_codec
 from .coding import TableCoder, check16
