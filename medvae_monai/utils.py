@@ -49,16 +49,16 @@ def ensure_writable_dir(
     if path in (None, ""):
         raise InputError("--output_dir is null; give the folder to write into.")
     p = Path(path)
+    out = p.resolve()
     if bundle_root not in (None, ""):
-        root, out = Path(bundle_root).resolve(), p.resolve()
-        if out == root or any(out == root / f or root / f in out.parents for f in BUNDLE_FOLDERS):
+        root = Path(bundle_root).resolve()
+        if out == root or any(_within(out, root / f) for f in BUNDLE_FOLDERS):
             raise InputError(
                 f"--output_dir {str(p)!r} is inside the bundle {str(bundle_root)!r}, whose files (configs, the "
                 "pretrained models) a run would replace; choose an --output_dir outside it, such as runs/<name>."
             )
     if dataset_dir not in (None, "") and Path(dataset_dir).is_dir():
-        data = Path(dataset_dir).resolve()
-        if p.resolve() == data or data in p.resolve().parents:
+        if _within(out, Path(dataset_dir).resolve()):
             raise InputError(
                 f"--output_dir {str(p)!r} is inside the dataset folder {str(dataset_dir)!r}: the next run on that "
                 "folder would read the outputs as data; choose an --output_dir outside it."
@@ -74,6 +74,11 @@ def ensure_writable_dir(
     except OSError as e:
         raise InputError(f"output folder {str(p)!r} is not writable ({e.strerror}); choose another --output_dir.") from None
     return p
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether resolved ``path`` is ``folder`` or lies inside it."""
+    return path == folder or folder in path.parents
 
 
 def _remove_if_empty(folders: list[Path]) -> None:
