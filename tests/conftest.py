@@ -77,6 +77,9 @@ def run_bundle(
     return proc
 
 
+_FORK_SERVER = None  # started by the first forked run, one per pytest process
+
+
 def _run_forked(cmd: list[str], args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
     import multiprocessing as mp
     import tempfile
@@ -95,9 +98,6 @@ def _run_forked(cmd: list[str], args: list[str], cwd: Path, env: dict, timeout: 
             child.join()
             raise subprocess.TimeoutExpired(cmd, timeout, output=log.read_text(errors="replace"))
         return subprocess.CompletedProcess(cmd, child.exitcode, log.read_text(errors="replace"))
-
-
-_FORK_SERVER = None
 
 
 def _bundle_main(args: list[str], cwd: str, env: dict, log: str) -> None:
