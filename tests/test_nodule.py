@@ -85,8 +85,13 @@ def test_nodule_preprocessing_on_lidc_voi():
     assert (centre - 15.5).abs().max() < 3  # the nodule sits in the middle of the cube
     # the nodule (soft tissue) is brighter than its lung surroundings in the -1000..+400 HU window
     assert img[mask > 0].mean() > img[(mask == 0) & (img > 0)].mean() + 0.2
-    # image only: centred on the VOI
-    assert nodule_preprocessing(["image"])({"image": str(root / row["image"])})["image"].shape == (1, 32, 32, 32)
+    # image only: centred on the VOI, also for a CSV item that lists a mask (its path is left unread)
+    item = {"image": str(root / row["image"]), "mask": str(root / row["mask"])}
+    only = nodule_preprocessing(["image"])(item)
+    assert only["image"].shape == (1, 32, 32, 32) and only["mask"] == item["mask"]
+    # a mask key whose value no loader read is refused by name, not cropped around a string
+    with pytest.raises(InputError, match="'mask' is '.*', not a loaded mask"):
+        NoduleCropd(["image"], size=8)({"image": torch.zeros(1, 8, 8, 8), "mask": item["mask"]})
 
 
 def _lidc_subset(tmp_path, n_per_class: int = 4):

@@ -144,15 +144,18 @@ class NoduleCropd(MapTransform):
 
     Args:
         keys: keys to crop (image and mask).
-        mask_key: the mask that gives the centre; a missing key means the volume's centre.
+        mask_key: the mask that gives the centre; ``None`` or a missing key means the volume's centre.
         size: cube edge in voxels.
         allow_missing_keys: do not raise if a key is absent.
+
+    Raises:
+        InputError: ``mask_key`` holds something other than a loaded mask (a file path, say).
     """
 
     def __init__(
         self,
         keys: KeysCollection,
-        mask_key: str = "mask",
+        mask_key: str | None = "mask",
         size: int | Sequence[int] = NODULE_CUBE,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -165,7 +168,13 @@ class NoduleCropd(MapTransform):
         keys = list(self.key_iterator(d))
         if not keys:
             return d
-        pad, crop = self.cropper._roi(d[keys[0]], d.get(self.mask_key))
+        mask = None if self.mask_key is None else d.get(self.mask_key)
+        if mask is not None and not isinstance(mask, (torch.Tensor, np.ndarray)):
+            # a datalist's mask path that no loader read (nodule_preprocessing(['image']) on a CSV with masks)
+            raise InputError(f"NoduleCropd: {self.mask_key!r} is {mask!r}, not a loaded mask; load it first "
+                             f"(nodule_preprocessing(['image', {self.mask_key!r}])) or pass mask_key=None "
+                             "to centre the cube on the volume.")
+        pad, crop = self.cropper._roi(d[keys[0]], mask)
         for key in keys:
             d[key] = crop(pad(d[key]))
         return d
@@ -185,7 +194,8 @@ def nodule_preprocessing(
 
     Args:
         keys: image key first, then an optional mask key (absent masks are allowed: the cube is
-            then centred on the volume).
+            then centred on the volume). A mask is read only if its key is listed: with
+            ``['image']`` an item's ``mask`` path is left as is and the cube is centred on the volume.
         spacing_mm: isotropic voxel size in mm.
         size: cube edge in voxels.
         window: CT window preset or ``(level, width)`` in HU.
@@ -210,7 +220,7 @@ def nodule_preprocessing(
     xs += [
         Spacingd(keys, pixdim=[spacing_mm] * 3, mode=["bilinear"] + ["nearest"] * len(mask_keys), allow_missing_keys=True),
         CTWindowd(image_key, window=window),
-        NoduleCropd(keys, mask_key=mask_keys[0] if mask_keys else "mask", size=size, allow_missing_keys=True),
+        NoduleCropd(keys, mask_key=mask_keys[0] if mask_keys else None, size=size, allow_missing_keys=True),
         EnsureTyped(image_key, dtype=torch.float32, track_meta=True),
     ]
     if mask_keys:
