@@ -8,6 +8,12 @@ single-frame DICOM, whose affine keeps the slice position) that call raises ``Ty
 target shape there is nothing to resample, so these subclasses return the data and its affine
 unchanged, as MONAI's own code path does when it works; every other call goes to MONAI.
 
+The NIfTI writer also keeps the input's header codes that MONAI drops: MONAI writes
+``xyzt_units`` 0 (unknown, which readers take as mm) and ``sform_code``/``qform_code`` 1 (scanner)
+whatever the input said, so a volume in microns came back read as 1,000x larger, and an
+MNI-aligned one as scanner space. :func:`nifti_header_fields` reads them from the input's metadata
+(MONAI's NibabelReader puts the whole header there) and the latent store keeps them per item.
+
 They, and a PIL writer, also write atomically: MONAI's writers write straight to the final path,
 so a run killed mid-write left a truncated ``.nii.gz`` or PNG under its final name, which every tool
 listing the output folder takes for a result. Here each file goes to a temporary file beside it
@@ -20,16 +26,52 @@ calls it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 from monai.data import image_writer
-from monai.data.image_writer import ITKWriter, NibabelWriter, PILWriter
+from monai.data.image_writer import ImageWriter, ITKWriter, NibabelWriter, PILWriter
+from monai.data.utils import to_affine_nd
 from monai.utils import convert_data_type, convert_to_tensor
 
 from .data.source import file_suffix
 from .utils import atomic_write_file
 
-__all__ = ["AsIsITKWriter", "AsIsNibabelWriter", "AtomicPILWriter", "register_as_is_writers"]
+__all__ = [
+    "AsIsITKWriter",
+    "AsIsNibabelWriter",
+    "AtomicPILWriter",
+    "nifti_header_fields",
+    "register_as_is_writers",
+    "set_nifti_header",
+]
+
+NIFTI_HEADER_KEYS = ("xyzt_units", "sform_code", "qform_code")
+
+
+def nifti_header_fields(meta: Mapping | None) -> dict[str, int]:
+    """The NIfTI header codes of ``meta`` that a written NIfTI must keep: ``xyzt_units`` (spatial and
+    time units, NIfTI-1 ``NIFTI_UNITS_*``), ``sform_code`` and ``qform_code`` (the affine's space,
+    ``NIFTI_XFORM_*``), as ints; keys the metadata lacks (a PNG, an ITK-read file) are left out."""
+    out = {}
+    for key in NIFTI_HEADER_KEYS:
+        value = (meta or {}).get(key)
+        if value is not None:
+            out[key] = int(np.asarray(convert_data_type(value, np.ndarray)[0]).reshape(-1)[0])
+    return out
+
+
+def set_nifti_header(image: nib.Nifti1Image, affine: np.ndarray, fields: Mapping[str, int], units: int = 0) -> None:
+    """Give ``image`` the 4x4 ``affine`` as both sform and qform, in the space and units of
+    ``fields`` (:func:`nifti_header_fields`): one code serves both forms, the space the reader took
+    the affine from (the sform's if set, else the qform's; 1 = scanner if neither); ``units``
+    (an ``xyzt_units`` code) where ``fields`` has none."""
+    code = fields.get("sform_code") or fields.get("qform_code") or 1
+    image.set_sform(affine, code=code)
+    image.set_qform(affine, code=code)
+    image.header["xyzt_units"] = fields.get("xyzt_units") or units
 
 
 class _WriteAtomically:
@@ -60,8 +102,29 @@ class _WriteAsIs:
         return out, out_affine
 
 
-class AsIsNibabelWriter(_WriteAtomically, _WriteAsIs, NibabelWriter):
-    """:class:`monai.data.NibabelWriter` that writes unresampled data as it is, atomically (see module docstring)."""
+class _KeepNiftiHeader:
+    def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options) -> None:
+        super().set_metadata(meta_dict, resample, **options)
+        self.header_fields = nifti_header_fields(meta_dict)
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs) -> None:
+        """:meth:`monai.data.NibabelWriter.write` with the input's units and affine space.
+
+        Written out here because MONAI's ``write`` sets both form codes to 1 between building the
+        image and saving it, leaving no hook (:func:`set_nifti_header` gives the codes).
+        """
+        ImageWriter.write(self, filename, verbose=verbose)  # the log line
+        data, dtype = self.data_obj, self.output_dtype
+        self.data_obj = self.create_backend_obj(data, affine=self.affine, dtype=dtype, **obj_kwargs)
+        affine = np.eye(4) if self.affine is None else convert_data_type(self.affine, np.ndarray)[0]
+        affine = to_affine_nd(r=3, affine=affine)
+        set_nifti_header(self.data_obj, affine, getattr(self, "header_fields", {}))
+        nib.save(self.data_obj, filename)
+
+
+class AsIsNibabelWriter(_WriteAtomically, _KeepNiftiHeader, _WriteAsIs, NibabelWriter):
+    """:class:`monai.data.NibabelWriter` that writes unresampled data as it is, atomically, with the
+    input's NIfTI units and form codes (see module docstring)."""
 
 
 class AsIsITKWriter(_WriteAtomically, _WriteAsIs, ITKWriter):

@@ -77,8 +77,11 @@ def test_inference_on_nifti_keeps_affine(phantom_run, tmp_path):
     aff = np.array([[0.8, 0, 0, -40.0], [0, 0.8, 0, 12.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])
     rng = np.random.default_rng(0)
     for i in range(2):
-        img = (rng.random((40, 36)) * 255).astype(np.float32)
-        nib.save(nib.Nifti1Image(img, aff), src / f"slice{i}.nii.gz")
+        img = nib.Nifti1Image((rng.random((40, 36)) * 255).astype(np.float32), aff)
+        if i == 1:  # microns in MNI space: MONAI's writer wrote units 'unknown' (read as mm) and code 1 (scanner)
+            img.header.set_xyzt_units("micron", "sec")
+            img.set_sform(aff, code=4)
+        nib.save(img, src / f"slice{i}.nii.gz")
     out = tmp_path / "out"
     run_bundle(
         "inferring", "bundle/configs/inference.yaml",
@@ -90,6 +93,11 @@ def test_inference_on_nifti_keeps_affine(phantom_run, tmp_path):
     np.testing.assert_allclose(recon.affine, aff, atol=1e-5)
     assert latent.shape[:2] == (10, 9)
     np.testing.assert_allclose(latent.affine[0, 0], 3.2, atol=1e-5)  # 4 x 0.8 mm
+    for name in ("reconstructions/slice1_recon.nii.gz", "latents/slice1_latent.nii.gz"):
+        header = nib.load(out / name).header
+        assert header.get_xyzt_units() == ("micron", "sec") and header["sform_code"] == header["qform_code"] == 4, name
+    codes = [nib.load(p).header["sform_code"] for p in (out / "reconstructions/slice0_recon.nii.gz", src / "slice0.nii.gz")]
+    assert codes[0] == codes[1]  # nibabel's default for an image made from an affine (2, aligned) stays
 
 
 def test_bundle_on_real_mednist(tmp_path):

@@ -519,6 +519,24 @@ def test_2d_itk_image_with_origin_and_direction_keeps_its_geometry(tmp_path: Pat
     np.testing.assert_allclose(np.asarray(x.affine), np.diag([-1.0, -1.0, 1.0]) @ lps, atol=1e-3)
 
 
+def test_nifti_units_and_affine_space_survive_the_store(tmp_path: Path) -> None:
+    """Noticed in breaker round 3: MONAI's NIfTI writer drops xyzt_units (a volume in microns came
+    back as 'unknown', which readers take as mm) and writes both form codes as 1 (scanner)."""
+    (tmp_path / "vols").mkdir()
+    img = nib.Nifti1Image(np.indices((16, 12, 8)).sum(0).astype(np.float32), _AFFINES["axis"])
+    img.header.set_xyzt_units("micron", "msec")
+    img.set_sform(_AFFINES["axis"], code=4)  # MNI
+    img.set_qform(_AFFINES["axis"], code=4)
+    nib.save(img, tmp_path / "vols" / "v.nii.gz")
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps({"training": [{"image": "vols/v.nii.gz"}]}))
+    store = encode_dataset(_network(3), dl, tmp_path / "store", spatial_dims=3)
+    (out,) = store.decode_to(tmp_path / "out", _network(3))
+    header = nib.load(out).header
+    assert header.get_xyzt_units() == ("micron", "msec") and header["sform_code"] == header["qform_code"] == 4
+    np.testing.assert_allclose(nib.load(out).affine, _AFFINES["axis"], atol=1e-3)
+
+
 def test_nifti_sform_and_qform_disagree_keeps_nibabels_affine(tmp_path: Path) -> None:
     path = tmp_path / "v.nii.gz"
     img = nib.Nifti1Image(np.indices((16, 12, 8)).sum(0).astype(np.float32), _AFFINES["oblique"])

@@ -188,21 +188,25 @@ def test_saved_images_are_written_atomically(tmp_path: Path, monkeypatch, suffix
     """Breaker round 3, finding 3: MONAI's writers wrote straight to the final name, so a SIGKILL left a truncated
     reconstruction there. While the writer runs, the final name does not exist; afterwards no temporary is left."""
     import medvae_monai  # noqa: F401  registers the atomic writers
+    import nibabel as nib
     import torch
     from monai.data import MetaTensor
-    from monai.data.image_writer import NibabelWriter, PILWriter
+    from monai.data.image_writer import PILWriter
     from monai.transforms import SaveImage
 
-    base = NibabelWriter if suffix == ".nii.gz" else PILWriter
     final = tmp_path / f"s0_recon{suffix}"
     seen = []
 
-    def write(self, filename, *args, **kwargs):
-        seen.append((Path(filename), final.exists()))
-        return original(self, filename, *args, **kwargs)
+    def spy(original):  # the call that writes the file's bytes
+        def write(*args, **kwargs):
+            seen.append((Path(args[1]), final.exists()))  # nib.save(img, filename); PILWriter.write(self, filename)
+            return original(*args, **kwargs)
+        return write
 
-    original = base.write
-    monkeypatch.setattr(base, "write", write)
+    if suffix == ".nii.gz":
+        monkeypatch.setattr(nib, "save", spy(nib.save))
+    else:
+        monkeypatch.setattr(PILWriter, "write", spy(PILWriter.write))
     image = MetaTensor(torch.rand(1, 20, 24) * (255 if suffix == ".png" else 1), meta={"filename_or_obj": "s0"})
     SaveImage(output_dir=tmp_path, output_postfix="recon", output_ext=suffix, resample=False, separate_folder=False,
               print_log=False, output_dtype=np.uint8 if suffix == ".png" else np.float32)(image)  # fmt: skip

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data import MetaTensor, NibabelWriter
+from monai.data import MetaTensor
 from PIL import Image
 
+from ..image_writers import AsIsNibabelWriter, set_nifti_header
 from ..outputs import OutputNames, output_path_for
 from ..utils import atomic_write, ensure_writable_dir
 
@@ -55,7 +56,8 @@ def write_decoded(store, index: int, image: MetaTensor, output_dir: str | os.Pat
 
     Pictures become 8-bit PNGs in the source's orientation (written with PIL: MONAI's
     ``PILWriter`` would rescale intensities); volumes become float32 NIfTI through MONAI's
-    ``NibabelWriter`` with the record's affine, so geometry out equals geometry in.
+    ``NibabelWriter`` (:class:`~medvae_monai.image_writers.AsIsNibabelWriter`) with the record's
+    affine, units and form codes, so geometry out equals geometry in.
 
     Returns:
         The written path.
@@ -73,20 +75,16 @@ def write_decoded(store, index: int, image: MetaTensor, output_dir: str | os.Pat
         Image.fromarray(pic).save(buf, format="PNG")
         return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
     affine = np.asarray(rec["affine"], dtype=np.float64)
+    header = rec.get("nifti", {})  # the NIfTI source's units and affine space (absent in older stores)
     if arr.ndim == 3 and len(affine) == 4:  # a one-slice image given to a 2D model: (H, W, 1) with its 4x4 affine;
         # nibabel directly, MONAI's NibabelWriter fails on a trailing singleton axis (monai 1.6.1)
         vol = arr[0][:, :, None] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)[:, :, None, :]
         nii = nib.Nifti1Image(vol.astype(np.float32), affine)
-        nii.header.set_xyzt_units("mm")
+        set_nifti_header(nii, affine, header, units=2)  # mm where the source did not say (DICOM, ITK files)
         return atomic_write(path, lambda fh: fh.write(gzip.compress(nii.to_bytes(), mtime=0)))
-    writer = NibabelWriter(output_dtype=np.float32)
+    writer = AsIsNibabelWriter(output_dtype=np.float32)  # writes atomically
     writer.set_data_array(arr if arr.shape[0] > 1 else arr[0], channel_dim=0 if arr.shape[0] > 1 else None)
-    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    writer.set_metadata({"affine": affine, "original_affine": affine, **header}, resample=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    try:  # NibabelWriter writes by file name: write a temp file beside, then rename
-        writer.write(str(tmp), verbose=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    writer.write(str(path), verbose=False)
     return path

@@ -248,7 +248,8 @@ class LatentStore:
 
     @torch.no_grad()
     def decode(self, index: int, network: torch.nn.Module, device: str | torch.device | None = None) -> MetaTensor:
-        """Decode item ``index`` to ``(C, *shape)`` in its original intensity units, with its affine."""
+        """Decode item ``index`` to ``(C, *shape)`` in its original intensity units, with its affine
+        (and, for a NIfTI source, its header's units and form codes in the metadata)."""
         rec = self.records[index]
         device = torch.device(device) if device is not None else next(network.parameters()).device
         if self.codec == "entropy":
@@ -263,7 +264,8 @@ class LatentStore:
                 x = network.decode(z.to(device), spatial_size=rec["shape"])[0].float().cpu()
         x = RestoreUnits(picture_dtype=False)(x, rec["intensity"])  # the same inverse as inference.yaml's
         return MetaTensor(
-            x, affine=torch.tensor(rec["affine"], dtype=torch.float64), meta={"filename_or_obj": rec["source"]}
+            x, affine=torch.tensor(rec["affine"], dtype=torch.float64),
+            meta={"filename_or_obj": rec["source"], **rec.get("nifti", {})},
         )
 
     def decode_to(

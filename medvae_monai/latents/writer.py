@@ -23,6 +23,7 @@ from monai.utils import convert_to_tensor
 
 from ..data import ImageSource, RecordIntensityd
 from ..errors import InputError
+from ..image_writers import nifti_header_fields
 from ..networks import MedVAE
 from ..outputs import contained_path, refuse_shared_output_names
 from ..utils import atomic_write, atomic_write_json, ensure_writable_dir
@@ -92,6 +93,8 @@ def _record(item: dict, d: dict, source: ImageSource) -> dict:
         "intensity": d["intensity"],
         "output_ext": source.output_suffix,
     }
+    if isinstance(img, MetaTensor) and (header := nifti_header_fields(img.meta)):
+        rec["nifti"] = header  # units and affine space for the decoded NIfTI
     for key in ("label", "class_name"):
         if key in item:
             rec[key] = int(item[key]) if key == "label" else str(item[key])
