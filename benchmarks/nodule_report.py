@@ -1,9 +1,11 @@
-"""Metrics, Markdown and the picture of ``benchmarks/nodules.py`` (lung-nodule malignancy on
-LIDC-IDRI VOIs): AUROC with a bootstrap CI, the posterior-sampling uncertainty and how well it flags
-errors, the results table and the docs figure."""
+"""The record of ``benchmarks/nodules.py`` (lung-nodule malignancy on LIDC-IDRI VOIs): AUROC with a
+bootstrap CI, the posterior-sampling uncertainty and how well it flags errors, the issue's targets,
+the choice of the model that ships, the merge of parts run in parallel, the results table and the
+docs figure."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,10 @@ from medvae_monai.utils import atomic_write
 
 CLASS_NAMES = ["benign", "malignant"]
 PUBLISHED = {"nodulemnist3d_resnet18_28_auroc": 0.863}
+TARGETS = {"holdout_auroc": 0.92, "auroc_gap": 0.02, "train_speedup": 20.0}
+PARTS = ("frozen", "finetuned", "baseline", "seg")
+CANDIDATES = ("latent_frozen", "latent_frozen_ensemble", "latent_finetuned")  # what may ship, by validation AUROC
+PART_OF = {"latent_frozen": "frozen", "latent_frozen_ensemble": "frozen", "latent_finetuned": "finetuned"}
 
 
 def binary_metrics(score: np.ndarray, y: np.ndarray, threshold: float = 0.5, n_boot: int = 2000) -> dict:
@@ -48,6 +54,47 @@ def uncertainty(network: LatentImageClassifier, items: list[dict], num_samples: 
             "error_auroc_of_std": float(compute_roc_auc(torch.as_tensor(std), torch.as_tensor(wrong.astype(float))))
             if 0 < wrong.sum() < len(wrong) else None,
             "acc_most_certain_80pct": float((~wrong[keep]).mean()), "acc_all": float((~wrong).mean())}
+
+
+def select(r: dict) -> None:
+    """The latent candidate with the best validation AUROC ships; the targets that the models run can be checked."""
+    present = {m: r[m]["val_auroc"] for m in CANDIDATES if m in r}
+    if present:
+        r["shipped"] = {"model": max(present, key=present.get), "selected_by": "validation AUROC", "candidates": present}
+    r["targets"] = check_targets(r)
+
+
+def merge(paths: list[str]) -> dict:
+    """One record from the parts' records (run in parallel processes on the same split): the latent
+    candidate with the best validation AUROC is the one shipped."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    res = {**parts[0], "command": " && ".join(p["command"] for p in parts), "parts": {p["result"]["parts"][0]: {
+        "command": p["command"], "wall_s": p["wall_s"], "load_average_at_start": p["machine"]["load_average_at_start"],
+        "load_average_at_end": p["machine"]["load_average_at_end"], "saved_model": p.get("saved_model")} for p in parts}}
+    r = {k: v for p in reversed(parts) for k, v in p["result"].items()}
+    assert all(p["result"]["n_test"] == r["n_test"] and p["result"]["ruler"] == r["ruler"] for p in parts), "parts differ in split"
+    r["parts"] = [x for x in PARTS if any(x in p["result"]["parts"] for p in parts)]
+    select(r)
+    res["result"], res["wall_s"] = r, max(p["wall_s"] for p in parts)
+    res["machine"]["load_average_at_end"] = max((p["machine"]["load_average_at_end"] for p in parts), key=lambda v: v[0])
+    return res
+
+
+def check_targets(r: dict) -> dict:
+    """The issue's targets, for the models that ran (a part run checks only its own)."""
+    out, base, latent = {}, r.get("baseline"), [m for m in CANDIDATES if m in r]
+    for m in latent:
+        out[f"{m}_auroc_at_least_ruler"] = r[m]["auroc"] >= r["ruler"]["auroc"]
+        out[f"{m}_test_auroc_at_least_{TARGETS['holdout_auroc']}"] = r[m]["auroc"] >= TARGETS["holdout_auroc"]
+        if base:
+            out[f"{m}_auroc_within_{TARGETS['auroc_gap']}_of_baseline"] = r[m]["auroc"] >= base["auroc"] - TARGETS["auroc_gap"]
+    if base and "latent_frozen_ensemble" in r:
+        out["frozen_train_speedup"] = round(r["latent_frozen_ensemble"]["train_img_per_s"] / base["train_img_per_s"], 1)
+        out["frozen_train_speedup_at_least_20x"] = out["frozen_train_speedup"] >= TARGETS["train_speedup"]
+    if base:
+        out["baseline_auroc_at_least_ruler"] = base["auroc"] >= r["ruler"]["auroc"]
+    return out
+
 
 
 def markdown(res: dict) -> str:

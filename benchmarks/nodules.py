@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import os
 import platform
 import shlex
@@ -63,7 +62,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from nodule_report import CLASS_NAMES, PUBLISHED, binary_metrics, figure, markdown, uncertainty  # noqa: E402
+from nodule_report import (  # noqa: E402
+    CLASS_NAMES,
+    PART_OF,
+    PARTS,
+    PUBLISHED,
+    TARGETS,
+    binary_metrics,
+    figure,
+    markdown,
+    merge,
+    select,
+    uncertainty,
+)
 from harness import BestOnValidation, Budget, evaluate, n_params  # noqa: E402
 
 import medvae_monai.data  # noqa: E402
@@ -91,7 +102,6 @@ from medvae_monai.utils import atomic_torch_save, atomic_write, atomic_write_jso
 VAE_ARGS = {"spatial_dims": 3, "in_channels": 1, "latent_channels": 4, "channels": (24, 48), "downsample_factor": 4,
             "num_res_blocks": 1, "decoder_res_blocks": 2}
 HEAD_CHANNELS = (16, 32)
-TARGETS = {"holdout_auroc": 0.92, "auroc_gap": 0.02, "train_speedup": 20.0}
 CLS = {"type": "cls"}
 SEG = {"type": "seg", "labels": ["nodule"]}
 
@@ -199,9 +209,6 @@ def timed(fn, *args):
 
 
 HEAD_KW = {"spatial_dims": 3, "latent_channels": 4, "num_classes": 2, "task": "binary", "channels": HEAD_CHANNELS}
-PARTS = ("frozen", "finetuned", "baseline", "seg")
-CANDIDATES = ("latent_frozen", "latent_frozen_ensemble", "latent_finetuned")  # what may ship, by validation AUROC
-PART_OF = {"latent_frozen": "frozen", "latent_frozen_ensemble": "frozen", "latent_finetuned": "finetuned"}
 
 
 def build_classifier(name: str, seeds: int) -> LatentImageClassifier:
@@ -323,46 +330,6 @@ def run_images(args, r: dict, vae: MedVAE, loss, image_loader, val: list[dict], 
 def finish(r: dict, networks: dict, test: list[dict]) -> tuple[dict, dict, list[dict]]:
     select(r)
     return r, networks, test
-
-
-def select(r: dict) -> None:
-    """The latent candidate with the best validation AUROC ships; the targets that the models run can be checked."""
-    present = {m: r[m]["val_auroc"] for m in CANDIDATES if m in r}
-    if present:
-        r["shipped"] = {"model": max(present, key=present.get), "selected_by": "validation AUROC", "candidates": present}
-    r["targets"] = check_targets(r)
-
-
-def merge(paths: list[str]) -> dict:
-    """One record from the parts' records (run in parallel processes on the same split): the latent
-    candidate with the best validation AUROC is the one shipped."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    res = {**parts[0], "command": " && ".join(p["command"] for p in parts), "parts": {p["result"]["parts"][0]: {
-        "command": p["command"], "wall_s": p["wall_s"], "load_average_at_start": p["machine"]["load_average_at_start"],
-        "load_average_at_end": p["machine"]["load_average_at_end"], "saved_model": p.get("saved_model")} for p in parts}}
-    r = {k: v for p in reversed(parts) for k, v in p["result"].items()}
-    assert all(p["result"]["n_test"] == r["n_test"] and p["result"]["ruler"] == r["ruler"] for p in parts), "parts differ in split"
-    r["parts"] = [x for x in PARTS if any(x in p["result"]["parts"] for p in parts)]
-    select(r)
-    res["result"], res["wall_s"] = r, max(p["wall_s"] for p in parts)
-    res["machine"]["load_average_at_end"] = max((p["machine"]["load_average_at_end"] for p in parts), key=lambda v: v[0])
-    return res
-
-
-def check_targets(r: dict) -> dict:
-    """The issue's targets, for the models that ran (a part run checks only its own)."""
-    out, base, latent = {}, r.get("baseline"), [m for m in CANDIDATES if m in r]
-    for m in latent:
-        out[f"{m}_auroc_at_least_ruler"] = r[m]["auroc"] >= r["ruler"]["auroc"]
-        out[f"{m}_test_auroc_at_least_{TARGETS['holdout_auroc']}"] = r[m]["auroc"] >= TARGETS["holdout_auroc"]
-        if base:
-            out[f"{m}_auroc_within_{TARGETS['auroc_gap']}_of_baseline"] = r[m]["auroc"] >= base["auroc"] - TARGETS["auroc_gap"]
-    if base and "latent_frozen_ensemble" in r:
-        out["frozen_train_speedup"] = round(r["latent_frozen_ensemble"]["train_img_per_s"] / base["train_img_per_s"], 1)
-        out["frozen_train_speedup_at_least_20x"] = out["frozen_train_speedup"] >= TARGETS["train_speedup"]
-    if base:
-        out["baseline_auroc_at_least_ruler"] = base["auroc"] >= r["ruler"]["auroc"]
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
