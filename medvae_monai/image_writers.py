@@ -19,9 +19,10 @@ so a run killed mid-write left a truncated ``.nii.gz`` or PNG under its final na
 listing the output folder takes for a result. Here each file goes to a temporary file beside it
 (with the same image suffix, since the writer picks the format by it), is synced, then renamed.
 
-:func:`register_as_is_writers` puts them first for the extensions MONAI gives to NibabelWriter,
-ITKWriter and PILWriter, through MONAI's public ``register_writer`` hook; ``import medvae_monai``
-calls it.
+:func:`register_as_is_writers` makes them the only writer of each extension for which MONAI
+lists NibabelWriter, ITKWriter or PILWriter (the first it lists), in MONAI's writer registry
+(``monai.data.image_writer.SUPPORTED_WRITERS``, the table ``register_writer`` fills), so a
+failing write raises instead of falling back; ``import medvae_monai`` calls it.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ _AS_IS = {NibabelWriter: AsIsNibabelWriter, ITKWriter: AsIsITKWriter, PILWriter:
 
 
 def register_as_is_writers() -> None:
-    """Register the as-is, atomic writers ahead of MONAI's for every extension that uses NibabelWriter, ITKWriter or PILWriter.
+    """Make the as-is, atomic writer the only writer of every extension whose first NibabelWriter,
+    ITKWriter or PILWriter it replaces (see the module docstring).
 
     Idempotent. MONAI fills its registry lazily on the first ``SaveImage``; it is filled here first
     so that PNG and the other defaults stay registered.
@@ -147,6 +149,8 @@ def register_as_is_writers() -> None:
     if not image_writer.SUPPORTED_WRITERS:
         image_writer.init()
     for ext, writers in list(image_writer.SUPPORTED_WRITERS.items()):
-        as_is = tuple(dict.fromkeys(_AS_IS[w] for w in writers if w in _AS_IS))
-        if as_is and not any(w in _AS_IS.values() for w in writers):
-            image_writer.register_writer(ext, *as_is)  # ahead of MONAI's, which stay as fall-backs
+        first = next((w for w in writers if w in _AS_IS), None)
+        if first is not None:
+            # ours alone, no fall-backs: SaveImage tries the next writer when one raises, and that one
+            # (MONAI's in place, or ITK for a NIfTI, with its own units) would write without a word
+            image_writer.SUPPORTED_WRITERS[ext] = (_AS_IS[first],)

@@ -183,6 +183,31 @@ def test_unresampled_2d_image_with_a_4x4_affine_is_written_as_it_is(tmp_path: Pa
         np.testing.assert_allclose(np.asarray(back.affine)[:2, :2], np.diag([0.7, 0.8]), atol=1e-6)
 
 
+def test_a_failing_writer_is_not_replaced_by_monais_in_place_writer(tmp_path: Path, monkeypatch) -> None:
+    """SaveImage tries the next registered writer when one raises; MONAI's own, kept behind ours, then
+    wrote in place with 'unknown' units and no word. Now the error reaches the user and nothing is written."""
+    import medvae_monai  # noqa: F401  registers the writers
+    import torch
+    from monai.data import MetaTensor, image_writer
+    from monai.data.image_writer import ITKWriter, NibabelWriter, PILWriter
+    from monai.transforms import SaveImage
+
+    from medvae_monai.image_writers import AsIsNibabelWriter
+
+    for ext, writers in image_writer.SUPPORTED_WRITERS.items():
+        assert not {NibabelWriter, ITKWriter, PILWriter} & set(writers), ext
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(AsIsNibabelWriter, "write", broken)
+    image = MetaTensor(torch.rand(1, 8, 8, 4), meta={"filename_or_obj": "v"})
+    with pytest.raises(RuntimeError, match="disk full"):
+        SaveImage(output_dir=tmp_path, output_postfix="recon", output_ext=".nii.gz", resample=False,
+                  separate_folder=False, print_log=False)(image)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".png"])
 def test_saved_images_are_written_atomically(tmp_path: Path, monkeypatch, suffix: str) -> None:
     """Breaker round 3, finding 3: MONAI's writers wrote straight to the final name, so a SIGKILL left a truncated
